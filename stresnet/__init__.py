@@ -1,0 +1,15 @@
+"""stresnet: CNNs compressed by low-rank tensor decomposition (Tucker-2, TT, low-rank + sparse)."""
+from .plan import Plan, PlanError, build, compress, load_weights, plan_of
+
+__version__ = "0.1.0"
+
+__all__ = ["Plan", "PlanError", "build", "compress", "load_weights", "plan_of", "profile", "__version__"]
+
+
+def __getattr__(name: str):
+    # cost.profile pulls in torch.fx; load it on first use.
+    if name == "profile":
+        from .cost import profile
+
+        return profile
+    raise AttributeError(name)

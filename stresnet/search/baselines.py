@@ -1,0 +1,138 @@
+"""Classic per-layer rank-selection heuristics, used as baselines for the ILP.
+
+Each picks ranks from one layer's spectrum alone (VBMF, energy threshold, a
+uniform ratio).  To compare them fairly with the searched plan they are scaled
+to the same budget with :func:`scale_to_budget`: a single knob (ratio, energy,
+multiplier on VBMF ranks) is bisected to the largest value whose plan fits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, TypeVar
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+__all__ = ["vbmf_rank", "energy_rank", "uniform_rank", "scale_to_budget"]
+
+T = TypeVar("T")
+
+
+def _tau(x: np.ndarray, alpha: float) -> np.ndarray:
+    """EVBMF shrinkage factor tau(x) for normalised squared singular values x > x_ubar."""
+    return 0.5 * (x - (1 + alpha) + np.sqrt((x - (1 + alpha)) ** 2 - 4 * alpha))
+
+
+def _evb_free_energy(sigma2: float, L: int, M: int, s: np.ndarray, x_ubar: float) -> float:
+    """EVBMF free energy as a function of the noise variance (Nakajima et al. 2013, Thm. 3)."""
+    alpha = L / M
+    x = s**2 / (M * sigma2)
+    big, small = x[x > x_ubar], x[x <= x_ubar]
+    t = _tau(big, alpha)
+    return float(
+        np.sum(small - np.log(small))
+        + np.sum(big - t)
+        + np.sum(np.log((t + 1) / big))
+        + alpha * np.sum(np.log(t / alpha + 1))
+    )
+
+
+def vbmf_rank(matrix: np.ndarray, sigma2: float | None = None) -> int:
+    """Rank estimated by empirical VBMF (Nakajima et al. 2013); at least 1.
+
+    EVBMF needs no threshold: components whose singular value exceeds
+    ``sqrt(M sigma2 (1 + tau_ubar)(1 + alpha / tau_ubar))`` survive.  When
+    ``sigma2`` is None the noise variance is chosen by minimising the free
+    energy over the analytic range [lower bound, ||Y||^2 / (LM)].
+    """
+    y = np.asarray(matrix, dtype=np.float64)
+    if y.ndim != 2 or y.size == 0:
+        raise ValueError(f"vbmf_rank needs a non-empty 2-D matrix, got shape {y.shape}")
+    if y.shape[0] > y.shape[1]:
+        y = y.T  # the analysis assumes L <= M
+    L, M = y.shape
+    s = np.linalg.svd(y, compute_uv=False)
+    if not np.any(s > 0):
+        return 1
+    alpha = L / M
+    tau_ubar = 2.5129 * math.sqrt(alpha)
+    x_ubar = (1 + tau_ubar) * (1 + alpha / tau_ubar)
+
+    if sigma2 is None:
+        upper = float(np.sum(s**2)) / (L * M)
+        h_bar = max(int(math.ceil(L / (1 + alpha))) - 1, 0)  # largest rank EVBMF can return
+        tail = s[h_bar:]
+        lower = max(float(tail[0] ** 2) / (M * x_ubar), float(np.mean(tail**2)) / M)
+        lower = min(max(lower, upper * 1e-12), upper)
+        if lower < upper:
+            res = minimize_scalar(
+                _evb_free_energy, args=(L, M, s, x_ubar), bounds=(lower, upper), method="bounded"
+            )
+            sigma2 = float(res.x)
+        else:
+            sigma2 = upper
+    elif sigma2 <= 0:
+        raise ValueError(f"sigma2 must be > 0, got {sigma2}")
+
+    threshold = math.sqrt(M * sigma2 * x_ubar)
+    return max(1, int(np.sum(s > threshold)))
+
+
+def energy_rank(singular_values: np.ndarray, energy: float) -> int:
+    """Smallest rank keeping ``energy`` of the sum of squared singular values; at least 1."""
+    if not 0.0 <= energy <= 1.0:
+        raise ValueError(f"energy must be in [0, 1], got {energy}")
+    s = np.sort(np.abs(np.asarray(singular_values, dtype=np.float64)).ravel())[::-1]
+    if s.size == 0:
+        raise ValueError("energy_rank needs at least one singular value")
+    kept = np.cumsum(s**2)
+    total = kept[-1]
+    if total == 0:
+        return 1
+    # Relative tolerance so that energy=1.0 is not defeated by cumsum rounding.
+    r = int(np.searchsorted(kept, energy * total * (1 - 1e-12), side="left")) + 1
+    return min(max(r, 1), s.size)
+
+
+def uniform_rank(dim: int, ratio: float, multiple: int = 1) -> int:
+    """``dim * ratio`` rounded (half up) to a multiple of ``multiple``, clamped to [multiple, dim]."""
+    if dim < 1 or multiple < 1:
+        raise ValueError(f"dim and multiple must be >= 1, got dim={dim}, multiple={multiple}")
+    if ratio < 0:
+        raise ValueError(f"ratio must be >= 0, got {ratio}")
+    r = int(math.floor(dim * ratio / multiple + 0.5)) * multiple
+    return min(max(r, multiple), dim)
+
+
+def scale_to_budget(
+    make_plan: Callable[[float], T],
+    size_of: Callable[[T], float],
+    limit: float,
+    lo: float,
+    hi: float,
+    iters: int = 40,
+) -> T:
+    """Plan for the largest knob in [lo, hi] whose size is <= limit (size monotone in the knob).
+
+    This is how a baseline is brought to equal-or-fewer params than the
+    searched plan before comparing accuracy.
+    """
+    if not lo <= hi:
+        raise ValueError(f"need lo <= hi, got lo={lo}, hi={hi}")
+    best = make_plan(lo)
+    if size_of(best) > limit:
+        raise ValueError(
+            f"even the smallest knob {lo:g} gives size {size_of(best):g} > limit {limit:g}"
+        )
+    top = make_plan(hi)
+    if size_of(top) <= limit:
+        return top
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        plan = make_plan(mid)
+        if size_of(plan) <= limit:
+            lo, best = mid, plan
+        else:
+            hi = mid
+    return best

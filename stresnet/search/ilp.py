@@ -1,0 +1,237 @@
+"""Global rank selection as a 0/1 integer linear program.
+
+Every layer offers a few options (keep it full, or Tucker-2 at some ranks),
+each with an estimated accuracy loss and a cost.  Choosing ranks layer by layer
+cannot trade a cheap layer against an expensive one; an ILP over all layers
+finds the plan with the smallest total loss that fits the whole budget.
+
+Metrics:
+
+* ``params``, ``flash``, ``macs`` (and any other name) are *additive*: the model
+  total is ``fixed_cost[m] + sum of the chosen options' cost[m]``.
+* ``ram`` is the *peak* working memory, a max over layers, not a sum.  A max
+  constraint ``max_l ram_l <= R`` is the same as ``ram_l <= R`` for every layer,
+  so it is enforced by forbidding (upper bound 0) every option above the limit.
+
+Determinism: the problem is solved lexicographically.  Stage 1 minimises the
+total loss.  Stage 2 keeps the loss within a hair of that optimum and minimises,
+per layer, the position of the chosen option in the order (params, flash,
+macs, ram, option index), i.e. among equally good plans the cheaper / earlier
+options win.  Both objectives are exact (no tie-break weight has to be tuned
+against loss differences), and layers are processed in sorted-name order, so
+the answer does not depend on the mapping's insertion order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+__all__ = ["Option", "InfeasibleBudget", "solve", "total_cost", "total_loss"]
+
+MAX_METRICS = frozenset({"ram"})
+"""Metrics whose model value is the max over layers instead of the sum."""
+
+_TIE_ORDER = ("params", "flash", "macs", "ram")
+_METRIC_ORDER = ("ram", "params", "flash", "macs")  # ram first: it filters options
+_LOSS_TOL = 1e-9  # relative slack on the stage-1 optimum allowed in stage 2
+
+
+@dataclass(frozen=True)
+class Option:
+    """One choice for one layer."""
+
+    spec: dict
+    loss: float
+    cost: Mapping[str, float] = field(default_factory=dict)
+
+
+class InfeasibleBudget(ValueError):
+    """No choice of options satisfies the requested limits."""
+
+
+def _fmt(metric: str, value: float) -> str:
+    """Human-readable value: bytes in KiB/MiB, counts in K/M/G."""
+    if metric in ("flash", "ram"):
+        for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+            if abs(value) >= scale:
+                return f"{value / scale:.2f}{unit}"
+        return f"{value:.0f}B"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return f"{value:g}"
+
+
+def _metric_order(limits: Mapping[str, float]) -> list[str]:
+    known = [m for m in _METRIC_ORDER if m in limits]
+    return known + sorted(m for m in limits if m not in _METRIC_ORDER)
+
+
+def _cost(option: Option, metric: str, layer: str) -> float:
+    try:
+        return float(option.cost[metric])
+    except KeyError:
+        raise ValueError(
+            f"layer {layer!r}: option {option.spec} has no cost for limited metric {metric!r}"
+        ) from None
+
+
+def total_loss(layers: Mapping[str, Sequence[Option]], choice: Mapping[str, int]) -> float:
+    """Sum of the chosen options' losses."""
+    return float(sum(layers[name][idx].loss for name, idx in choice.items()))
+
+
+def total_cost(
+    layers: Mapping[str, Sequence[Option]],
+    choice: Mapping[str, int],
+    fixed_cost: Mapping[str, float] | None = None,
+) -> dict[str, float]:
+    """Model cost of a choice: additive metrics summed, ``ram`` as a max."""
+    totals: dict[str, float] = {k: float(v) for k, v in (fixed_cost or {}).items()}
+    for name in sorted(choice):
+        for metric, value in layers[name][choice[name]].cost.items():
+            if metric in MAX_METRICS:
+                totals[metric] = max(totals.get(metric, -math.inf), float(value))
+            else:
+                totals[metric] = totals.get(metric, 0.0) + float(value)
+    return totals
+
+
+def _allowed_options(
+    names: list[str], layers: Mapping[str, Sequence[Option]], limits: Mapping[str, float]
+) -> list[list[int]]:
+    """Indices of the options of each layer that respect the per-layer (max) limits."""
+    allowed = []
+    for name in names:
+        ok = [
+            i
+            for i, opt in enumerate(layers[name])
+            if all(_cost(opt, m, name) <= limits[m] for m in MAX_METRICS if m in limits)
+        ]
+        allowed.append(ok)
+    return allowed
+
+
+def _check_feasible(
+    names: list[str],
+    layers: Mapping[str, Sequence[Option]],
+    limits: Mapping[str, float],
+    fixed: Mapping[str, float],
+    allowed: list[list[int]],
+) -> None:
+    """Raise InfeasibleBudget naming the first metric that no choice can meet on its own."""
+    for metric in _metric_order(limits):
+        limit = float(limits[metric])
+        base = float(fixed.get(metric, 0.0))
+        if metric in MAX_METRICS:
+            per_layer = [min(_cost(o, metric, n) for o in layers[n]) for n in names]
+            smallest = max([base, *per_layer])
+            if smallest > limit:
+                worst = names[int(np.argmax(per_layer))] if per_layer and max(per_layer) >= base else None
+                where = f"layer {worst!r}" if worst is not None else "the fixed part of the model"
+                raise InfeasibleBudget(
+                    f"budget {metric}<={_fmt(metric, limit)} is infeasible: the smallest achievable "
+                    f"is {_fmt(metric, smallest)} ({where} needs at least that)"
+                )
+            continue
+        smallest = base + sum(
+            min(_cost(layers[n][i], metric, n) for i in ok) for n, ok in zip(names, allowed)
+        )
+        if smallest > limit:
+            raise InfeasibleBudget(
+                f"budget {metric}<={_fmt(metric, limit)} is infeasible: the smallest achievable "
+                f"is {_fmt(metric, smallest)} (fixed {_fmt(metric, base)} + cheapest option of "
+                f"every layer)"
+            )
+
+
+def _tie_break_weights(options: Sequence[Option], allowed: list[int]) -> dict[int, float]:
+    """Position of each allowed option when sorted by (cost..., index): cheaper/earlier first."""
+    key = lambda i: (*(float(options[i].cost.get(m, 0.0)) for m in _TIE_ORDER), i)  # noqa: E731
+    return {i: float(pos) for pos, i in enumerate(sorted(allowed, key=key))}
+
+
+def solve(
+    layers: Mapping[str, Sequence[Option]],
+    limits: Mapping[str, float],
+    fixed_cost: Mapping[str, float] | None = None,
+) -> dict[str, int]:
+    """Pick one option per layer minimising total loss within ``limits``.
+
+    Additive metrics: ``fixed_cost[m] + sum(chosen cost[m]) <= limits[m]``.
+    ``ram``: every chosen option's ram (and ``fixed_cost["ram"]``) ``<= limits["ram"]``.
+    Returns ``{layer_name: option_index}``; raises InfeasibleBudget if nothing fits.
+    """
+    fixed = dict(fixed_cost or {})
+    names = sorted(layers)
+    for name in names:
+        if not layers[name]:
+            raise ValueError(f"layer {name!r} has no options")
+    if not names:
+        _check_feasible(names, layers, limits, fixed, [])
+        return {}
+
+    allowed = _allowed_options(names, layers, limits)
+    _check_feasible(names, layers, limits, fixed, allowed)
+
+    # Variables: one binary per allowed (layer, option), in sorted-layer order.
+    var_layer: list[int] = []
+    var_option: list[int] = []
+    for li, ok in enumerate(allowed):
+        var_layer.extend([li] * len(ok))
+        var_option.extend(ok)
+    n_vars = len(var_option)
+    opts = [layers[names[li]][oi] for li, oi in zip(var_layer, var_option)]
+
+    one_hot = np.zeros((len(names), n_vars))
+    one_hot[var_layer, np.arange(n_vars)] = 1.0
+    constraints = [LinearConstraint(one_hot, 1.0, 1.0)]
+    for metric in _metric_order(limits):
+        if metric in MAX_METRICS:
+            continue
+        # Rows are divided by the limit so that all budgets are O(1) for the solver.
+        scale = max(abs(float(limits[metric])), 1e-12)
+        row = np.array([_cost(o, metric, names[li]) for o, li in zip(opts, var_layer)]) / scale
+        rhs = (float(limits[metric]) - float(fixed.get(metric, 0.0))) / scale
+        constraints.append(LinearConstraint(row[None, :], -np.inf, rhs))
+
+    loss = np.array([float(o.loss) for o in opts])
+    chosen = _milp(loss, constraints, n_vars)
+    if chosen is None:
+        pretty = ", ".join(f"{m}<={_fmt(m, float(limits[m]))}" for m in _metric_order(limits))
+        raise InfeasibleBudget(
+            f"budget combination {pretty} is infeasible: each limit can be met alone "
+            f"but not all of them together"
+        )
+
+    # Stage 2: among (near-)optimal plans prefer cheaper / earlier options.
+    best = float(loss @ chosen)
+    slack = _LOSS_TOL * max(1.0, float(np.abs(loss).sum()))
+    weights_by_layer = [_tie_break_weights(layers[n], ok) for n, ok in zip(names, allowed)]
+    tie = np.array([weights_by_layer[li][oi] for li, oi in zip(var_layer, var_option)])
+    stage2 = _milp(tie, [*constraints, LinearConstraint(loss[None, :], -np.inf, best + slack)], n_vars)
+    if stage2 is not None:
+        chosen = stage2
+
+    return {names[var_layer[v]]: var_option[v] for v in np.flatnonzero(chosen)}
+
+
+def _milp(objective: np.ndarray, constraints: list[LinearConstraint], n_vars: int) -> np.ndarray | None:
+    """Solve a 0/1 program exactly (zero MIP gap); None when infeasible."""
+    res = milp(
+        objective,
+        constraints=constraints,
+        integrality=np.ones(n_vars),
+        bounds=Bounds(0.0, 1.0),
+        options={"mip_rel_gap": 1e-4},
+    )
+    if res.status == 2:  # infeasible
+        return None
+    if not res.success or res.x is None:
+        raise RuntimeError(f"MILP solver failed: {res.message}")
+    return np.round(res.x).astype(bool)
