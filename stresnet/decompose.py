@@ -33,6 +33,7 @@ __all__ = [
     "kernel_to_tt_tensor",
     "tt_tensor_to_kernel",
     "tt_rank_bounds",
+    "balanced_factors",
     "tt_svd",
     "tt_to_tensor",
     "svd",
@@ -175,6 +176,12 @@ def tt_tensor_to_kernel(tensor: Tensor, kernel_shape: Sequence[int]) -> Tensor:
     """Inverse of :func:`kernel_to_tt_tensor`."""
     c_out, c_in, kh, kw = kernel_shape
     return tensor.reshape(c_out, kh * kw, c_in).transpose(1, 2).reshape(c_out, c_in, kh, kw)
+
+
+def balanced_factors(n: int) -> tuple[int, int]:
+    """The divisor pair ``(a, b)``, ``a * b = n``, ``a <= b``, closest to ``sqrt(n)`` (5-core TT layout)."""
+    a = max(d for d in range(1, int(n**0.5) + 1) if n % d == 0)
+    return a, n // a
 
 
 def tt_svd(tensor: Tensor, ranks: Sequence[int]) -> list[Tensor]:

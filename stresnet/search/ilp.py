@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
 __all__ = ["Option", "InfeasibleBudget", "solve", "total_cost", "total_loss"]
 
@@ -156,6 +156,28 @@ def _tie_break_weights(options: Sequence[Option], allowed: list[int]) -> dict[in
     return {i: float(pos) for pos, i in enumerate(sorted(allowed, key=key))}
 
 
+def _undominated(
+    options: Sequence[Option], allowed: list[int], metrics: list[str], tie_pos: dict[int, float]
+) -> list[int]:
+    """Drop options that another option beats on loss, every limited cost and tie order.
+
+    Swapping a dominated option for its dominator keeps a plan feasible and
+    never makes it worse, so pruning is exact; it shrinks the MILP a lot on
+    rank grids where many (r_out, r_in) pairs cost the same.
+    """
+    idx = np.array(allowed)
+    loss = np.array([float(options[i].loss) for i in idx])
+    cost = np.array([[float(options[i].cost[m]) for m in metrics] for i in idx]).reshape(len(idx), -1)
+    pos = np.array([tie_pos[i] for i in idx])
+    # dom[a, b]: option a dominates option b
+    dom = (
+        (loss[:, None] <= loss[None, :])
+        & np.all(cost[:, None, :] <= cost[None, :, :], axis=2)
+        & (pos[:, None] < pos[None, :])
+    )
+    return [int(i) for i in idx[~dom.any(axis=0)]]
+
+
 def solve(
     layers: Mapping[str, Sequence[Option]],
     limits: Mapping[str, float],
@@ -178,30 +200,33 @@ def solve(
 
     allowed = _allowed_options(names, layers, limits)
     _check_feasible(names, layers, limits, fixed, allowed)
+    additive = [m for m in _metric_order(limits) if m not in MAX_METRICS]
+    tie_pos = [_tie_break_weights(layers[n], ok) for n, ok in zip(names, allowed)]
+    allowed = [
+        _undominated(layers[n], ok, additive, pos) for n, ok, pos in zip(names, allowed, tie_pos)
+    ]
 
     # Variables: one binary per allowed (layer, option), in sorted-layer order.
-    var_layer: list[int] = []
-    var_option: list[int] = []
-    for li, ok in enumerate(allowed):
-        var_layer.extend([li] * len(ok))
-        var_option.extend(ok)
-    n_vars = len(var_option)
+    var_layer = np.array([li for li, ok in enumerate(allowed) for _ in ok], dtype=int)
+    var_option = np.array([oi for ok in allowed for oi in ok], dtype=int)
     opts = [layers[names[li]][oi] for li, oi in zip(var_layer, var_option)]
+    n_vars = len(opts)
 
     one_hot = np.zeros((len(names), n_vars))
     one_hot[var_layer, np.arange(n_vars)] = 1.0
-    constraints = [LinearConstraint(one_hot, 1.0, 1.0)]
+    budget_rows, budget_rhs = [], []
     for metric in _metric_order(limits):
         if metric in MAX_METRICS:
             continue
         # Rows are divided by the limit so that all budgets are O(1) for the solver.
         scale = max(abs(float(limits[metric])), 1e-12)
-        row = np.array([_cost(o, metric, names[li]) for o, li in zip(opts, var_layer)]) / scale
-        rhs = (float(limits[metric]) - float(fixed.get(metric, 0.0))) / scale
-        constraints.append(LinearConstraint(row[None, :], -np.inf, rhs))
+        budget_rows.append([_cost(o, metric, names[li]) / scale for o, li in zip(opts, var_layer)])
+        budget_rhs.append((float(limits[metric]) - float(fixed.get(metric, 0.0))) / scale)
+    a_ub = np.array(budget_rows).reshape(len(budget_rows), n_vars)
+    b_ub = np.array(budget_rhs)
 
     loss = np.array([float(o.loss) for o in opts])
-    chosen = _milp(loss, constraints, n_vars)
+    chosen = _milp(loss, one_hot, a_ub, b_ub, np.ones(n_vars))
     if chosen is None:
         pretty = ", ".join(f"{m}<={_fmt(m, float(limits[m]))}" for m in _metric_order(limits))
         raise InfeasibleBudget(
@@ -212,23 +237,64 @@ def solve(
     # Stage 2: among (near-)optimal plans prefer cheaper / earlier options.
     best = float(loss @ chosen)
     slack = _LOSS_TOL * max(1.0, float(np.abs(loss).sum()))
-    weights_by_layer = [_tie_break_weights(layers[n], ok) for n, ok in zip(names, allowed)]
-    tie = np.array([weights_by_layer[li][oi] for li, oi in zip(var_layer, var_option)])
-    stage2 = _milp(tie, [*constraints, LinearConstraint(loss[None, :], -np.inf, best + slack)], n_vars)
+    upper = _reduced_cost_fixing(loss, one_hot, a_ub, b_ub, best + slack)
+    upper[chosen] = 1.0  # the stage-1 optimum always stays available
+    tie = np.array([tie_pos[li][oi] for li, oi in zip(var_layer, var_option)])
+    stage2 = _milp(
+        tie,
+        one_hot,
+        np.vstack([a_ub, loss[None, :]]),
+        np.append(b_ub, best + slack),
+        upper,
+    )
     if stage2 is not None:
         chosen = stage2
 
-    return {names[var_layer[v]]: var_option[v] for v in np.flatnonzero(chosen)}
+    return {names[var_layer[v]]: int(var_option[v]) for v in np.flatnonzero(chosen)}
 
 
-def _milp(objective: np.ndarray, constraints: list[LinearConstraint], n_vars: int) -> np.ndarray | None:
+def _reduced_cost_fixing(
+    loss: np.ndarray, a_eq: np.ndarray, a_ub: np.ndarray, b_ub: np.ndarray, cap: float
+) -> np.ndarray:
+    """Upper bounds (0 or 1) after LP reduced-cost fixing against ``loss <= cap``.
+
+    For any feasible x, ``loss @ x >= z_lp + r_j x_j`` for every variable with
+    reduced cost ``r_j > 0``; if ``z_lp + r_j > cap`` that variable is 0 in every
+    plan within the loss cap.  Pruning them makes stage 2 far smaller.
+    """
+    upper = np.ones(loss.size)
+    res = linprog(
+        loss,
+        A_ub=a_ub if a_ub.size else None,
+        b_ub=b_ub if a_ub.size else None,
+        A_eq=a_eq,
+        b_eq=np.ones(a_eq.shape[0]),
+        bounds=(0.0, 1.0),
+        method="highs",
+    )
+    if res.status != 0:
+        return upper
+    reduced = loss - a_eq.T @ res.eqlin.marginals
+    if a_ub.size:
+        reduced -= a_ub.T @ res.ineqlin.marginals
+    margin = 1e-7 * max(1.0, abs(cap))
+    upper[res.fun + reduced > cap + margin] = 0.0
+    return upper
+
+
+def _milp(
+    objective: np.ndarray, a_eq: np.ndarray, a_ub: np.ndarray, b_ub: np.ndarray, upper: np.ndarray
+) -> np.ndarray | None:
     """Solve a 0/1 program exactly (zero MIP gap); None when infeasible."""
+    constraints = [LinearConstraint(a_eq, 1.0, 1.0)]
+    if a_ub.size:
+        constraints.append(LinearConstraint(a_ub, -np.inf, b_ub))
     res = milp(
         objective,
         constraints=constraints,
-        integrality=np.ones(n_vars),
-        bounds=Bounds(0.0, 1.0),
-        options={"mip_rel_gap": 1e-4},
+        integrality=np.ones(objective.size),
+        bounds=Bounds(0.0, upper),
+        options={"mip_rel_gap": 0.0},
     )
     if res.status == 2:  # infeasible
         return None
