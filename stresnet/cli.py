@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .plan import PlanError
+from .search.budgets import BudgetError
+from .search.ilp import InfeasibleBudget
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
@@ -43,6 +45,45 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     result = bench_decompose(checkpoint=args.checkpoint, repeats=args.repeats)
     print(json.dumps(result) if args.json else format_bench(result))
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from .search.run import search_and_write
+
+    report = search_and_write(
+        args.model, args.checkpoint, args.data, args.budget, args.out, num_classes=args.num_classes,
+        size=args.input_size, calib=args.calib_images, step=args.step, tied=not args.free_ranks,
+        evaluate=args.eval, seed=args.seed, progress=not args.quiet,
+    )
+    for label, row in report["budgets"].items():
+        parts = [f"{m}: {r['params'] / 1e6:.3f}M est {r['estimated_loss']:.3f}"
+                 + (f" top1 {100 * r['top1']:.2f}" if "top1" in r else "") for m, r in row["methods"].items()]
+        print(f"{label:>8}  " + " | ".join(parts))
+    print(f"search took {report['seconds']['total']:.1f} s (tables {report['seconds']['tables']:.1f} s); "
+          f"wrote {args.out}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .cost import profile
+    from .evaluate import accuracy
+    from .plan import Plan, compress, load_weights
+    from .resolve import model_from_name
+
+    if args.plan is None:
+        model = model_from_name(args.model, num_classes=args.num_classes, checkpoint=args.checkpoint)
+    elif args.weights is not None:  # a compressed checkpoint: build the plan's architecture, then load it
+        model = compress(model_from_name(args.model, num_classes=args.num_classes), Plan.load(args.plan), init="random")
+        load_weights(model, args.weights)
+    else:  # initialise the compressed layers by decomposing the base checkpoint
+        base = model_from_name(args.model, num_classes=args.num_classes, checkpoint=args.checkpoint)
+        model = compress(base, Plan.load(args.plan))
+    acc = accuracy(model, args.data, args.input_size, progress=not args.json)
+    prof = profile(model, (3, args.input_size, args.input_size))
+    row = {"top1": acc["top1"], "top5": acc["top5"], "images": acc["images"], "params": prof.params,
+           "macs": prof.macs, "flash_bytes": prof.flash_bytes, "peak_ram_bytes": prof.peak_ram_bytes}
+    print(json.dumps(row) if args.json else "  ".join(f"{k}={v}" for k, v in row.items()))
     return 0
 
 
@@ -86,6 +127,33 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=_cmd_bench)
 
+    p = sub.add_parser("search", help="CompressNAS: estimator tables + one ILP per budget, with baselines")
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--checkpoint", type=Path, default=None)
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--data", type=Path, required=True, help="ImageFolder root (train/ for calibration, val/ for --eval)")
+    p.add_argument("--budget", action="append", required=True, help="e.g. 8x, params<=1.5M, flash<=1MiB,ram<=256KiB")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--input-size", type=int, default=128)
+    p.add_argument("--calib-images", type=int, default=256)
+    p.add_argument("--step", type=int, default=8, help="rank grid step")
+    p.add_argument("--free-ranks", action="store_true", help="input and output ranks chosen independently")
+    p.add_argument("--eval", action="store_true", help="also measure zero-shot top-1 of every plan on val/")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("eval", help="top-1/top-5, params and MACs of a model (or base + plan) on an ImageFolder")
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--plan", type=Path, default=None)
+    p.add_argument("--checkpoint", type=Path, default=None, help="base weights (decomposed into the plan)")
+    p.add_argument("--weights", type=Path, default=None, help="weights of the compressed model itself")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--input-size", type=int, default=128)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_eval)
+
     p = sub.add_parser("plan", help="write the plan of an STResNet MCU variant")
     p.add_argument("variant", help="pico, nano, micro, milli or tiny")
     p.add_argument("--num-classes", type=int, default=1000)
@@ -99,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except PlanError as e:  # bad plan, rank, module, checkpoint: one line, no traceback
+    except (PlanError, BudgetError, InfeasibleBudget, FileNotFoundError) as e:  # bad input: one line, no traceback
         print(f"stresnet: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

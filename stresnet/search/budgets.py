@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-__all__ = ["Budget", "parse_budget", "METRICS"]
+__all__ = ["Budget", "BudgetError", "parse_budget", "METRICS"]
 
 _COUNT_UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
 _BYTE_UNITS = {
@@ -42,6 +42,10 @@ _METRIC_RE = re.compile(rf"^(?P<metric>[a-z_]+)(?:<=|=){_NUM}(?P<unit>[a-z]*)$",
 _EXAMPLES = "expected e.g. 8x, params<=1.5M, flash<=512KiB, macs<=0.5G, ram<=256KiB"
 
 
+class BudgetError(ValueError):
+    """A budget string that cannot be parsed or applied (one-line message naming the term)."""
+
+
 @dataclass(frozen=True)
 class _Term:
     metric: str | None  # None for a compression ratio
@@ -62,7 +66,7 @@ class Budget:
         out = {k: float(v) for k, v in self.absolute.items()}
         if self.ratio is not None:
             if "params" not in base_cost:
-                raise ValueError(f"budget {self.text!r}: a ratio needs base_cost['params']")
+                raise BudgetError(f"budget {self.text!r}: a ratio needs base_cost['params']")
             by_ratio = float(base_cost["params"]) / self.ratio
             out["params"] = min(out.get("params", by_ratio), by_ratio)
         return out
@@ -111,13 +115,13 @@ def _parse_term(budget: str, term: str) -> _Term:
 
 def _parse_terms(text: str) -> list[_Term]:
     if not text or not text.strip():
-        raise ValueError(f"budget {text!r}: empty budget ({_EXAMPLES})")
+        raise BudgetError(f"budget {text!r}: empty budget ({_EXAMPLES})")
     terms = [_parse_term(text, re.sub(r"\s+", "", t)) for t in text.split(",")]
     seen: set[str | None] = set()
     for t in terms:
         if t.metric in seen:
             what = "ratio" if t.metric is None else t.metric
-            raise ValueError(f"budget {text!r}: {what} given more than once")
+            raise BudgetError(f"budget {text!r}: {what} given more than once")
         seen.add(t.metric)
     return terms
 

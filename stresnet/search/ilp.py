@@ -13,13 +13,15 @@ Metrics:
   constraint ``max_l ram_l <= R`` is the same as ``ram_l <= R`` for every layer,
   so it is enforced by forbidding (upper bound 0) every option above the limit.
 
-Determinism: the problem is solved lexicographically.  Stage 1 minimises the
-total loss.  Stage 2 keeps the loss within a hair of that optimum and minimises,
-per layer, the position of the chosen option in the order (params, flash,
-macs, ram, option index), i.e. among equally good plans the cheaper / earlier
-options win.  Both objectives are exact (no tie-break weight has to be tuned
-against loss differences), and layers are processed in sorted-name order, so
-the answer does not depend on the mapping's insertion order.
+Determinism and ties: the problem is solved lexicographically.  Stage 1
+minimises the total loss.  Stage 2 keeps the loss within a hair (1e-9
+relative) of that optimum and minimises ``total params + position / (P + 1)``,
+where ``position`` is the option's place in its layer when sorted by
+(params, flash, macs, ram, index) and ``P`` bounds the sum of positions: among
+equally good plans the one with fewest params wins, and among those the
+cheaper / earlier options (the position term is worth less than one parameter).
+Layers are processed in sorted-name order, so the answer does not depend on
+the mapping's insertion order.
 """
 
 from __future__ import annotations
@@ -234,12 +236,15 @@ def solve(
             f"but not all of them together"
         )
 
-    # Stage 2: among (near-)optimal plans prefer cheaper / earlier options.
+    # Stage 2: among (near-)optimal plans prefer fewer params, then cheaper / earlier options.
     best = float(loss @ chosen)
     slack = _LOSS_TOL * max(1.0, float(np.abs(loss).sum()))
     upper = _reduced_cost_fixing(loss, one_hot, a_ub, b_ub, best + slack)
     upper[chosen] = 1.0  # the stage-1 optimum always stays available
-    tie = np.array([tie_pos[li][oi] for li, oi in zip(var_layer, var_option)])
+    pos = np.array([tie_pos[li][oi] for li, oi in zip(var_layer, var_option)])
+    params = np.array([float(o.cost.get("params", 0.0)) for o in opts])
+    max_pos_sum = sum(max(p.values()) for p in tie_pos)
+    tie = params + pos / (max_pos_sum + 1.0)
     stage2 = _milp(
         tie,
         one_hot,

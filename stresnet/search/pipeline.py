@@ -1,0 +1,208 @@
+"""The CompressNAS search end to end: tables once, then one ILP per budget, plus baselines at equal size.
+
+    model + calibration images
+      -> capture each decomposable conv's input           (one forward pass)
+      -> mode bases + one-pass MSE table per layer       (estimator.py)
+      -> options with cost rows per layer                (options.py)
+      -> ILP per budget                                   (ilp.py)
+      -> plans; baselines (uniform / VBMF / energy) scaled to the searched plan's params
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .. import decompose as dec
+from ..plan import Plan
+from . import baselines as bl
+from .budgets import Budget
+from .estimator import ErrorTable, capture_inputs, patch_moment, rank_grid, tucker2_error_table
+from .ilp import Option, solve, total_cost, total_loss
+from .options import LayerShape, layer_options
+
+METRICS = ("params", "flash", "macs", "ram")
+BASELINES = ("uniform", "vbmf", "energy")
+
+
+def decomposable_convs(model: nn.Module) -> dict[str, nn.Conv2d]:
+    """Plain convs a Tucker-2 can replace (exact ``nn.Conv2d``, ungrouped), in model order."""
+    return {n: m for n, m in model.named_modules() if type(m) is nn.Conv2d and m.groups == 1}
+
+
+@dataclass
+class SearchSpace:
+    """Everything computed once per (model, calibration set) and reused for every budget."""
+
+    shapes: dict[str, LayerShape]
+    bases: dict[str, dec.ModeBases]
+    tables: dict[str, ErrorTable]
+    options: dict[str, list[Option]]
+    base_cost: dict[str, float]  # the uncompressed model
+    fixed_cost: dict[str, float]  # what no option changes (BN, FC, ...)
+    step: int
+    seconds: float
+    input_size: tuple[int, int, int]
+
+    def size(self, plan: Plan, metric: str = "params") -> float:
+        """Total ``metric`` of ``plan`` under this space's analytic cost rows."""
+        total = self.fixed_cost[metric]
+        for name, shape in self.shapes.items():
+            spec = plan.layers.get(name, {"type": "full"})
+            cost = shape.full_cost() if spec["type"] == "full" else shape.tucker2_cost(*spec["ranks"])
+            total = max(total, cost[metric]) if metric == "ram" else total + cost[metric]
+        return total
+
+    def estimated_loss(self, plan: Plan) -> float:
+        loss = 0.0
+        for name, spec in plan.layers.items():
+            if spec["type"] == "tucker2":
+                loss += self.tables[name](*spec["ranks"])
+        return loss
+
+
+def build_space(
+    model: nn.Module,
+    images: torch.Tensor,
+    step: int = 8,
+    tied: bool = True,
+    max_patches: int = 16384,
+    progress: bool = True,
+) -> SearchSpace:
+    """Capture calibration inputs and build every layer's options (the expensive, budget-free part)."""
+    from ..cost import profile
+
+    t0 = time.perf_counter()
+    convs = decomposable_convs(model)
+    inputs = capture_inputs(model, convs, images)
+    shapes, bases, tables, options = {}, {}, {}, {}
+    for name, conv in tqdm(convs.items(), desc="estimator tables", disable=not progress, leave=False):
+        x = inputs.pop(name)
+        shapes[name] = LayerShape.of(conv, x.shape[-2:])
+        bases[name] = dec.mode_bases(conv.weight)
+        tables[name] = tucker2_error_table(bases[name], patch_moment(conv, x, max_patches), rank_grid(conv.in_channels, step))
+        options[name] = layer_options(shapes[name], tables[name], tied=tied, step=step)
+    input_size = tuple(images.shape[1:])
+    prof = profile(model, input_size)
+    base_cost = {"params": prof.params, "flash": prof.flash_bytes, "macs": prof.macs, "ram": prof.peak_ram_bytes}
+    fixed = {m: base_cost[m] - sum(s.full_cost()[m] for s in shapes.values()) for m in ("params", "flash", "macs")}
+    fixed["ram"] = 0.0  # peak RAM is bounded layer by layer (see options.py)
+    return SearchSpace(shapes, bases, tables, options, base_cost, fixed, step, time.perf_counter() - t0, input_size)
+
+
+def searched_plan(space: SearchSpace, budget: Budget) -> Plan:
+    """The ILP's plan for one budget (raises InfeasibleBudget with the smallest achievable size)."""
+    limits = budget.limits(space.base_cost)
+    choice = solve(space.options, limits, space.fixed_cost)
+    layers = {n: space.options[n][i].spec for n, i in choice.items() if space.options[n][i].spec["type"] != "full"}
+    return Plan(layers=layers, meta={"method": "compressnas-ilp", "budget": budget.text,
+                                     "estimated_loss": total_loss(space.options, choice)})
+
+
+def _snap(rank: float, dim: int, step: int) -> int:
+    """Round a rank up to the search grid (multiples of ``step``, or the full mode)."""
+    return min(dim, max(step, int(math.ceil(rank / step - 1e-9)) * step)) if dim > step else dim
+
+
+def _ranks_plan(space: SearchSpace, ranks: Callable[[str, LayerShape], tuple[float, float]], method: str) -> Plan:
+    """A Tucker-2 plan from per-layer real ranks, snapped to the grid; layers that would not shrink stay full."""
+    layers = {}
+    for name, shape in space.shapes.items():
+        a, b = ranks(name, shape)
+        r_out, r_in = _snap(a, shape.c_out, space.step), _snap(b, shape.c_in, space.step)
+        if shape.tucker2_cost(r_out, r_in)["params"] < shape.full_cost()["params"]:
+            layers[name] = {"type": "tucker2", "ranks": [r_out, r_in]}
+    return Plan(layers=layers, meta={"method": method})
+
+
+def _vbmf_ranks(space: SearchSpace) -> dict[str, tuple[int, int]]:
+    out = {}
+    for name, b in space.bases.items():
+        c_out, c_in = b.weight.shape[:2]
+        w = b.weight.numpy()
+        out[name] = (bl.vbmf_rank(w.reshape(c_out, -1)), bl.vbmf_rank(w.transpose(1, 0, 2, 3).reshape(c_in, -1)))
+    return out
+
+
+def baseline_plan(space: SearchSpace, method: str, params_limit: float) -> Plan:
+    """The ``method`` plan (uniform rank ratio, VBMF ranks x a factor, energy threshold) with the most
+    parameters that still fit ``params_limit``: baselines are compared at equal or fewer params."""
+    if method == "uniform":
+        make = lambda k: _ranks_plan(space, lambda n, s: (s.c_out * k, s.c_in * k), "uniform")
+        lo, hi = 1e-3, 1.0
+    elif method == "energy":
+        def make(k: float) -> Plan:
+            ranks = lambda n, s: (bl.energy_rank(space.bases[n].s_out.numpy(), k),
+                                  bl.energy_rank(space.bases[n].s_in.numpy(), k))
+            return _ranks_plan(space, ranks, "energy")
+        lo, hi = 1e-4, 1.0
+    elif method == "vbmf":
+        vb = _vbmf_ranks(space)
+        make = lambda k: _ranks_plan(space, lambda n, s: (vb[n][0] * k, vb[n][1] * k), "vbmf")
+        lo, hi = 1e-3, 64.0
+    else:
+        raise ValueError(f"unknown baseline {method!r} (expected one of {', '.join(BASELINES)})")
+    plan = bl.scale_to_budget(make, space.size, params_limit, lo, hi)
+    plan.meta["estimated_loss"] = space.estimated_loss(plan)
+    return plan
+
+
+@dataclass
+class SearchResult:
+    space: SearchSpace
+    plans: dict[str, Plan] = field(default_factory=dict)  # budget label -> searched plan
+    baselines: dict[str, dict[str, Plan]] = field(default_factory=dict)  # budget label -> method -> plan
+    seconds: float = 0.0
+
+
+def run_search(
+    space: SearchSpace,
+    budgets: Sequence[Budget],
+    baselines: Sequence[str] = BASELINES,
+) -> SearchResult:
+    """One ILP per budget, and each baseline scaled to the searched plan's parameter count."""
+    t0 = time.perf_counter()
+    result = SearchResult(space)
+    for budget in budgets:
+        plan = searched_plan(space, budget)
+        result.plans[budget.label] = plan
+        limit = space.size(plan)
+        result.baselines[budget.label] = {m: baseline_plan(space, m, limit) for m in baselines}
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def plan_summary(space: SearchSpace, plan: Plan) -> dict:
+    """Cost totals, compression ratio and estimated loss of a plan, for reports."""
+    totals = {m: space.size(plan, m) for m in METRICS}
+    return {
+        "method": plan.meta.get("method"),
+        **totals,
+        "ratio": space.base_cost["params"] / totals["params"],
+        "estimated_loss": space.estimated_loss(plan),
+        "layers": plan.layers,
+    }
+
+
+def space_report(space: SearchSpace) -> dict:
+    """Per-layer tables: shape and every option's loss and cost (JSON-ready)."""
+    return {
+        name: {
+            "shape": vars(space.shapes[name]),
+            "options": [{"spec": o.spec, "loss": o.loss, "cost": dict(o.cost)} for o in opts],
+        }
+        for name, opts in space.options.items()
+    }
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (scipy's), for estimator-vs-accuracy checks."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(np.asarray(x), np.asarray(y)).statistic)
