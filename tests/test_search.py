@@ -1,0 +1,81 @@
+"""The search end to end on a small model: budgets met, baselines at equal size, deterministic."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from stresnet import compress
+from stresnet.search.budgets import parse_budget
+from stresnet.search.ilp import InfeasibleBudget
+from stresnet.search.pipeline import baseline_plan, build_space, run_search, searched_plan
+from stresnet.search.report import write_search
+
+
+@pytest.fixture(scope="module")
+def model_and_images() -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=10).eval()
+    return model, torch.randn(16, 3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def space(model_and_images):
+    model, images = model_and_images
+    return build_space(model, images, step=16, progress=False)
+
+
+def _params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_searched_plans_meet_their_budgets_in_the_built_model(model_and_images, space) -> None:
+    model, _ = model_and_images
+    base = _params(model)
+    result = run_search(space, [parse_budget("2x"), parse_budget("8x")])
+    for label, ratio in (("2x", 2), ("8x", 8)):
+        plan = result.plans[label]
+        built = compress(timm.create_model("resnet18", num_classes=10), plan, init="random")
+        assert _params(built) == space.size(plan) <= base / ratio
+        for method, other in result.baselines[label].items():
+            assert space.size(other) <= space.size(plan), method
+    # a tighter budget costs more estimated loss
+    assert result.plans["8x"].meta["estimated_loss"] > result.plans["2x"].meta["estimated_loss"]
+
+
+def test_search_is_deterministic(model_and_images) -> None:
+    model, images = model_and_images
+    a = searched_plan(build_space(model, images, step=16, progress=False), parse_budget("4x"))
+    b = searched_plan(build_space(model, images, step=16, progress=False), parse_budget("4x"))
+    assert a.layers == b.layers
+
+
+def test_searched_plan_beats_uniform_on_the_estimator(space) -> None:
+    plan = searched_plan(space, parse_budget("4x"))
+    uniform = baseline_plan(space, "uniform", space.size(plan))
+    assert space.estimated_loss(plan) <= space.estimated_loss(uniform)
+
+
+def test_infeasible_budget_names_the_smallest_achievable_size(space) -> None:
+    with pytest.raises(InfeasibleBudget, match=r"params.*smallest achievable"):
+        searched_plan(space, parse_budget("1000x"))
+
+
+def test_mixed_budget_respects_each_limit(space) -> None:
+    budget = parse_budget("2x,macs<=0.1G")
+    plan = searched_plan(space, budget)
+    assert space.size(plan, "params") <= space.base_cost["params"] / 2
+    assert space.size(plan, "macs") <= 0.1e9
+
+
+def test_report_and_plans_are_written(space, tmp_path: Path) -> None:
+    result = run_search(space, [parse_budget("4x")], baselines=("uniform",))
+    report = write_search(result, tmp_path, {"arch": "resnet18", "num_classes": 10})
+    assert (tmp_path / "plan_4x.json").is_file() and (tmp_path / "uniform_4x.json").is_file()
+    assert (tmp_path / "pareto.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["budgets"]["4x"]["methods"]["searched"]["ratio"] >= 4
+    assert set(saved["layers"]) == set(space.options)
