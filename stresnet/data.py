@@ -36,10 +36,10 @@ def eval_loader(root: str | Path, size: int, batch_size: int = 128, workers: int
     return DataLoader(image_folder(root, size), batch_size=batch_size, num_workers=workers)
 
 
-def calibration_images(root: str | Path, n: int, size: int, seed: int = 0) -> torch.Tensor:
-    """``n`` images drawn at random (fixed ``seed``) from an ImageFolder, as one eval-transformed batch."""
+def calibration_images(root: str | Path, n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` images drawn at random (fixed ``seed``) from an ImageFolder: one eval-transformed batch and its labels."""
     ds = image_folder(root, size)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(ds), generator=g)[: min(n, len(ds))].sort().values.tolist()
-    loader = DataLoader(Subset(ds, idx), batch_size=64, num_workers=1)
-    return torch.cat([x for x, _ in loader])
+    batches = list(DataLoader(Subset(ds, idx), batch_size=64, num_workers=1))
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])

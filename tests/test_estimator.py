@@ -42,3 +42,28 @@ def test_capture_inputs_keeps_each_modules_input() -> None:
     got = capture_inputs(model, ["0", "2"], x, batch_size=2)
     assert torch.equal(got["0"], x)
     assert torch.allclose(got["2"], torch.relu(model[0](x)))
+
+
+def test_fisher_table_with_isotropic_gradients_is_the_unnormalised_mse() -> None:
+    conv = nn.Conv2d(16, 12, 3, padding=1, bias=False)
+    x = torch.randn(3, 16, 6, 6)
+    bases = dec.mode_bases(conv.weight)
+    moment = patch_moment(conv, x)
+    plain = tucker2_error_table(bases, moment, rank_grid(16, 8))
+    fisher = tucker2_error_table(bases, moment, rank_grid(16, 8), grad_moment=2.0 * torch.eye(12), scale=0.5)
+    with torch.no_grad():
+        energy = float(conv(x).double().square().sum())
+    assert abs(fisher(4, 8) - plain(4, 8) * energy) < 1e-6 * energy
+
+
+def test_output_grad_moments_are_gram_matrices_of_the_loss_gradient() -> None:
+    from stresnet.search.estimator import output_grad_moments
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 5, (6,))
+    got = output_grad_moments(model, ["0"], x, y, batch_size=4)["0"]
+    out = model[0](x).detach().requires_grad_(True)
+    nn.functional.cross_entropy(model[2](model[1](out)), y, reduction="sum").backward()
+    g = out.grad.transpose(0, 1).reshape(4, -1).double()
+    assert torch.allclose(got, g @ g.T, atol=1e-8)
+    assert all(p.requires_grad for p in model.parameters())  # flags restored

@@ -21,7 +21,7 @@ so layers of different scale are comparable in one objective.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .. import decompose as dec
 
-__all__ = ["capture_inputs", "patch_moment", "ErrorTable", "tucker2_error_table", "rank_grid"]
+__all__ = ["capture_inputs", "output_grad_moments", "patch_moment", "ErrorTable", "tucker2_error_table", "rank_grid"]
 
 
 def rank_grid(dim: int, step: int = 8) -> list[int]:
@@ -58,6 +58,45 @@ def capture_inputs(model: nn.Module, names: Iterable[str], images: Tensor, batch
             h.remove()
         model.train(was_training)
     return {n: torch.cat(v) for n, v in store.items()}
+
+
+def output_grad_moments(
+    model: nn.Module, names: Iterable[str], images: Tensor, labels: Tensor, batch_size: int = 32
+) -> dict[str, Tensor]:
+    """Per named module, ``sum g g^T`` over samples and positions of the cross-entropy gradient w.r.t. its output.
+
+    This is the (empirical, channel-block) Fisher information of each layer's
+    output: it says how much an output error in each direction moves the loss,
+    which the plain feature MSE cannot see (e.g. errors the classifier ignores).
+    """
+    names = list(names)
+    moments: dict[str, Tensor] = {}
+
+    def keep_grad(name: str):
+        def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
+            def on_grad(g: Tensor) -> None:
+                g = g.detach().transpose(0, 1).reshape(g.shape[1], -1).double()
+                moments[name] = moments.get(name, 0) + g @ g.T
+            out.register_hook(on_grad)
+        return hook
+
+    hooks = [model.get_submodule(n).register_forward_hook(keep_grad(n)) for n in names]
+    flags = [p.requires_grad for p in model.parameters()]
+    was_training = model.training
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        for i in range(0, len(images), batch_size):
+            x = images[i : i + batch_size].clone().requires_grad_(True)
+            F.cross_entropy(model(x), labels[i : i + batch_size], reduction="sum").backward()
+    finally:
+        for h in hooks:
+            h.remove()
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+        model.train(was_training)
+    return moments
 
 
 def patch_moment(conv: nn.Conv2d, x: Tensor, max_patches: int = 16384, seed: int = 0) -> Tensor:
@@ -93,8 +132,21 @@ class ErrorTable:
         return float(self.err[r_out - 1, self.in_grid.index(r_in)])
 
 
-def tucker2_error_table(bases: dec.ModeBases, moment: Tensor, in_grid: Sequence[int]) -> ErrorTable:
-    """The exact calibration MSE of every (output rank, input rank on ``in_grid``) truncation, in one pass."""
+def tucker2_error_table(
+    bases: dec.ModeBases,
+    moment: Tensor,
+    in_grid: Sequence[int],
+    grad_moment: Tensor | None = None,
+    scale: float | None = None,
+) -> ErrorTable:
+    """The calibration error of every (output rank, input rank on ``in_grid``) truncation, in one pass.
+
+    Without ``grad_moment``: the output MSE normalised by the output energy.
+    With it (see :func:`output_grad_moments`): each output channel's squared error
+    weighted by the loss-gradient energy along it, times ``scale`` (1 / (images^2 *
+    positions) gives the estimated second moment of the per-image loss change):
+    a Fisher-weighted, loss-aware version of the same table.
+    """
     w = bases.weight  # float64 (C_out, C_in, kh, kw)
     c_out, c_in, kh, kw = w.shape
     kk = kh * kw
@@ -122,22 +174,13 @@ def tucker2_error_table(bases: dec.ModeBases, moment: Tensor, in_grid: Sequence[
             acc = acc + (g_new * (2 * cross + g_new @ s[lo:hi, lo:hi])).sum(1).double()
         tail[:, j] = acc
         hi = lo
+    if grad_moment is not None:
+        # the gradient energy along each output basis vector (diagonal in the output basis)
+        weight = ((grad_moment.to(bases.u_out) @ bases.u_out) * bases.u_out).sum(0)
+        tail, full = tail * weight[:, None], full * weight
+        total = full.sum()
     # kept output channels o < a lose only their tail; dropped ones lose everything
     err = torch.cumsum(tail, 0) + (total - torch.cumsum(full, 0))[:, None]
-    err = err / total
+    err = err * scale if grad_moment is not None else err / total
     return ErrorTable(err.clamp_min(0).numpy(), tuple(grid))
 
-
-def layer_tables(
-    convs: Mapping[str, nn.Conv2d],
-    inputs: Mapping[str, Tensor],
-    step: int = 8,
-    max_patches: int = 16384,
-) -> tuple[dict[str, dec.ModeBases], dict[str, ErrorTable]]:
-    """Mode bases and error tables of every layer (computed once, reused for every budget)."""
-    bases, tables = {}, {}
-    for name, conv in convs.items():
-        bases[name] = dec.mode_bases(conv.weight)
-        moment = patch_moment(conv, inputs[name], max_patches=max_patches)
-        tables[name] = tucker2_error_table(bases[name], moment, rank_grid(conv.in_channels, step))
-    return bases, tables

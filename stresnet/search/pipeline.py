@@ -23,8 +23,8 @@ from .. import decompose as dec
 from ..plan import Plan
 from . import baselines as bl
 from .budgets import Budget
-from .estimator import ErrorTable, capture_inputs, patch_moment, rank_grid, tucker2_error_table
-from .ilp import Option, solve, total_cost, total_loss
+from .estimator import ErrorTable, capture_inputs, output_grad_moments, patch_moment, rank_grid, tucker2_error_table
+from .ilp import Option, solve, total_loss
 from .options import LayerShape, layer_options
 
 METRICS = ("params", "flash", "macs", "ram")
@@ -67,26 +67,40 @@ class SearchSpace:
         return loss
 
 
+ESTIMATORS = ("mse", "fisher")
+
+
 def build_space(
     model: nn.Module,
     images: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    estimator: str = "mse",
     step: int = 8,
     tied: bool = True,
     max_patches: int = 16384,
     progress: bool = True,
 ) -> SearchSpace:
-    """Capture calibration inputs and build every layer's options (the expensive, budget-free part)."""
+    """Capture calibration inputs and build every layer's options (the expensive, budget-free part).
+
+    ``estimator``: ``"mse"``, output MSE normalised per layer (CompressNAS), or
+    ``"fisher"``, output error weighted by the loss gradient (needs ``labels``).
+    """
     from ..cost import profile
 
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r} (expected one of {', '.join(ESTIMATORS)})")
     t0 = time.perf_counter()
     convs = decomposable_convs(model)
     inputs = capture_inputs(model, convs, images)
+    grads = output_grad_moments(model, convs, images, labels) if estimator == "fisher" else {}
     shapes, bases, tables, options = {}, {}, {}, {}
     for name, conv in tqdm(convs.items(), desc="estimator tables", disable=not progress, leave=False):
         x = inputs.pop(name)
         shapes[name] = LayerShape.of(conv, x.shape[-2:])
         bases[name] = dec.mode_bases(conv.weight)
-        tables[name] = tucker2_error_table(bases[name], patch_moment(conv, x, max_patches), rank_grid(conv.in_channels, step))
+        scale = 1.0 / (len(images) ** 2 * shapes[name].hw_out)
+        tables[name] = tucker2_error_table(bases[name], patch_moment(conv, x, max_patches),
+                                           rank_grid(conv.in_channels, step), grads.get(name), scale)
         options[name] = layer_options(shapes[name], tables[name], tied=tied, step=step)
     input_size = tuple(images.shape[1:])
     prof = profile(model, input_size)

@@ -33,6 +33,7 @@ def search_and_write(
     step: int = 8,
     tied: bool = True,
     baselines: Sequence[str] = BASELINES,
+    estimator: str = "mse",
     evaluate: bool = False,
     seed: int = 0,
     progress: bool = True,
@@ -42,12 +43,13 @@ def search_and_write(
     torch.manual_seed(seed)
     net = model_from_name(model, num_classes=num_classes, checkpoint=checkpoint)
     t0 = time.perf_counter()
-    images = calibration_images(_split(data, "train"), calib, size, seed=seed)
+    images, labels = calibration_images(_split(data, "train"), calib, size, seed=seed)
     t_calib = time.perf_counter() - t0
-    space = build_space(net, images, step=step, tied=tied, progress=progress)
+    space = build_space(net, images, labels, estimator=estimator, step=step, tied=tied, progress=progress)
     result = run_search(space, parsed, baselines)
     measured: dict[str, dict[str, dict]] = {}
-    extra: dict = {"calibration": {"images": len(images), "size": size, "seed": seed, "seconds": t_calib},
+    extra: dict = {"estimator": estimator,
+                   "calibration": {"images": len(images), "size": size, "seed": seed, "seconds": t_calib},
                    "checkpoint": str(checkpoint) if checkpoint else None}
     if evaluate:
         from ..evaluate import accuracy
