@@ -54,7 +54,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     report = search_and_write(
         args.model, args.checkpoint, args.data, args.budget, args.out, num_classes=args.num_classes,
         size=args.input_size, calib=args.calib_images, step=args.step, tied=not args.free_ranks,
-        evaluate=args.eval, seed=args.seed, progress=not args.quiet,
+        estimator=args.estimator, evaluate=args.eval, seed=args.seed, progress=not args.quiet,
     )
     for label, row in report["budgets"].items():
         parts = [f"{m}: {r['params'] / 1e6:.3f}M est {r['estimated_loss']:.3f}"
@@ -62,6 +62,17 @@ def _cmd_search(args: argparse.Namespace) -> int:
         print(f"{label:>8}  " + " | ".join(parts))
     print(f"search took {report['seconds']['total']:.1f} s (tables {report['seconds']['tables']:.1f} s); "
           f"wrote {args.out}")
+    return 0
+
+
+def _cmd_check_estimator(args: argparse.Namespace) -> int:
+    from .search.run import check_estimator
+
+    result = check_estimator(args.model, args.checkpoint, args.data, args.budget, args.out,
+                             num_classes=args.num_classes, n_plans=args.plans, size=args.input_size,
+                             calib=args.calib_images, step=args.step, seed=args.seed, progress=not args.quiet)
+    for name, rho in result["spearman"].items():
+        print(f"{name:>8}: Spearman(estimated loss, top-1) = {rho:+.3f} over {result['n_plans']} plans")
     return 0
 
 
@@ -138,10 +149,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-images", type=int, default=256)
     p.add_argument("--step", type=int, default=8, help="rank grid step")
     p.add_argument("--free-ranks", action="store_true", help="input and output ranks chosen independently")
+    p.add_argument("--estimator", choices=("mse", "fisher"), default="fisher",
+                   help="mse: normalised output MSE (CompressNAS); fisher: output error weighted by the loss gradient")
     p.add_argument("--eval", action="store_true", help="also measure zero-shot top-1 of every plan on val/")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("check-estimator", help="Spearman of each estimator vs measured top-1 over random plans")
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--checkpoint", type=Path, default=None)
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--budget", default="8x")
+    p.add_argument("--plans", type=int, default=20)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--input-size", type=int, default=128)
+    p.add_argument("--calib-images", type=int, default=256)
+    p.add_argument("--step", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_check_estimator)
 
     p = sub.add_parser("eval", help="top-1/top-5, params and MACs of a model (or base + plan) on an ImageFolder")
     p.add_argument("--model", default="resnet18")

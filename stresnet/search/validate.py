@@ -38,8 +38,8 @@ def random_plan(space: SearchSpace, params_limit: float, seed: int) -> Plan:
     return bl.scale_to_budget(make, space.size, params_limit, 1e-3, 1.0 / 0.05)
 
 
-def estimators(space: SearchSpace) -> dict[str, Callable[[Plan], float]]:
-    """Candidate plan-level loss estimators, all from the tables computed once."""
+def estimators(space: SearchSpace, fisher: SearchSpace | None = None) -> dict[str, Callable[[Plan], float]]:
+    """Candidate plan-level loss estimators from the tables computed once (``fisher``: a Fisher-table space)."""
 
     def mse_log(plan: Plan) -> float:
         return sum(math.log1p(space.tables[n](*s["ranks"])) for n, s in plan.layers.items())
@@ -48,7 +48,10 @@ def estimators(space: SearchSpace) -> dict[str, Callable[[Plan], float]]:
         return sum(2 - space.bases[n].energy(0, s["ranks"][0]) - space.bases[n].energy(1, s["ranks"][1])
                    for n, s in plan.layers.items())
 
-    return {"mse": space.estimated_loss, "mse_log": mse_log, "energy": energy}
+    out = {"mse": space.estimated_loss, "mse_log": mse_log, "energy": energy}
+    if fisher is not None:
+        out["fisher"] = fisher.estimated_loss
+    return out
 
 
 def estimator_correlation(
@@ -58,10 +61,14 @@ def estimator_correlation(
     params_limit: float,
     n_plans: int = 20,
     seed: int = 0,
+    fisher: SearchSpace | None = None,
 ) -> dict:
-    """Spearman correlation of each estimator with the measured zero-shot metric over ``n_plans`` random plans."""
+    """Spearman correlation of each estimator with the measured zero-shot metric over ``n_plans`` random plans.
+
+    A good estimator has a strongly NEGATIVE correlation (more estimated loss, less accuracy).
+    """
     rows = []
-    scorers = estimators(space)
+    scorers = estimators(space, fisher)
     for i in range(n_plans):
         plan = random_plan(space, params_limit, seed + i)
         compressed = compress(copy.deepcopy(model), Plan(layers=plan.layers), bases=space.bases)

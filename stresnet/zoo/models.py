@@ -1,0 +1,203 @@
+"""The STResNet zoo as timm models: a base architecture plus a packaged plan, registered on ``import stresnet``.
+
+Each variant is data: ``plans/<variant>.json`` (a plan over timm ``resnet18``),
+built by :func:`stresnet.plan.build`. Pretrained weights are safetensors files
+on the Hugging Face Hub (``hf_hub_id`` in each cfg), and every published file's
+sha256 and measured metrics live in ``weights.json`` (written by
+``stresnet publish`` from recipe results), so a load verifies the file it got.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache, partial
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import nn
+
+from ..plan import Plan, PlanError, build
+
+HF_ORG = "stresnet"
+WEIGHTS_FILENAME = "model.safetensors"
+VARIANTS = (
+    "stresnet18_2x", "stresnet18_4x", "stresnet18_8x",
+    "stresnet_pico", "stresnet_nano", "stresnet_micro", "stresnet_milli", "stresnet_tiny",
+)
+
+
+class WeightsError(PlanError):
+    """Published weights are missing, truncated or not the file that was published (one line)."""
+
+
+@lru_cache(maxsize=None)
+def packaged_plan(variant: str) -> Plan:
+    """The plan shipped with the package for ``variant``."""
+    path = resources.files("stresnet.zoo") / "plans" / f"{variant}.json"
+    if not path.is_file():
+        raise PlanError(f"zoo: no packaged plan for {variant!r}")
+    return Plan.from_json(path.read_text(), source=f"plan {variant}")
+
+
+@lru_cache(maxsize=None)
+def weights_registry() -> dict[str, dict]:
+    """``{'arch.tag': {sha256, metrics, recipe, ...}}`` of every published weight file."""
+    path = resources.files("stresnet.zoo") / "weights.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def recipe_command(name: str) -> str:
+    """The command that regenerates (and installs) the weights of ``arch.tag``."""
+    arch = name.split(".")[0]
+    return f"stresnet recipe run recipes/{arch}.yaml --publish"
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cfg(variant: str, tag: str, **kwargs: Any) -> dict:
+    imagenette = tag == "imagenette"
+    return {
+        "hf_hub_id": f"{HF_ORG}/{variant}.{tag}",
+        "hf_hub_filename": WEIGHTS_FILENAME,
+        "num_classes": 10 if imagenette else 1000,
+        "input_size": (3, 128, 128) if imagenette else (3, 224, 224),
+        "pool_size": (4, 4) if imagenette else (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bilinear",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "conv1.first" if "conv1" in packaged_plan(variant).layers else "conv1",
+        "classifier": "fc",
+        "license": "apache-2.0",
+        "paper_ids": "arXiv:2511.11716" if variant.startswith("stresnet18") else "arXiv:2601.05364",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    f"{variant}.{tag}": _cfg(variant, tag) for variant in VARIANTS for tag in ("imagenette", "in1k")
+})
+
+
+def _verified_weights(cfg: dict) -> str:
+    """Fetch (or find in the offline cache) the weight file of ``cfg`` and check its sha256 and integrity."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    name = cfg.get("architecture", "") + (f".{cfg['tag']}" if cfg.get("tag") else "")
+    filename = cfg.get("hf_hub_filename") or WEIGHTS_FILENAME
+    if cfg.get("file"):
+        path = cfg["file"]
+    else:
+        try:
+            path = hf_hub_download(cfg["hf_hub_id"], filename)
+        except (LocalEntryNotFoundError, OSError) as e:
+            raise WeightsError(f"weights {name} ({cfg['hf_hub_id']}/{filename}) not found "
+                               f"({type(e).__name__}); regenerate them with `{recipe_command(name)}`") from None
+    if not Path(path).is_file():
+        raise WeightsError(f"weights {name}: {path} is missing; regenerate them with `{recipe_command(name)}`")
+    expected = weights_registry().get(name, {}).get("sha256")
+    if expected and sha256_of(path) != expected:
+        raise WeightsError(f"weights {name}: {path} has sha256 {sha256_of(path)[:12]}... but {expected[:12]}... "
+                           f"was published (corrupt or truncated); regenerate with `{recipe_command(name)}`")
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, "pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as e:
+        raise WeightsError(f"weights {name}: {path} is not a readable safetensors file ({e}); "
+                           f"regenerate with `{recipe_command(name)}`") from None
+    return str(path)
+
+
+def _feature_info(model: nn.Module) -> None:
+    """Keep timm's feature_info true to a narrowed stem (features_only reads channel counts from it)."""
+    info = getattr(model, "feature_info", None)
+    if info:
+        for entry in info:
+            if entry.get("module") == "act1":
+                entry["num_chs"] = model.bn1.num_features
+
+
+def _build_variant(plan: Plan | dict | None = None, variant: str = "", **kwargs: Any) -> nn.Module:
+    plan = Plan.from_dict(plan) if isinstance(plan, dict) else (plan or packaged_plan(variant))
+    model = build(plan, **kwargs)
+    _feature_info(model)
+    return model
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """timm-style factory: build (base, plan) with ``build_model_with_cfg``; verify weights before loading them."""
+    from timm.models._builder import resolve_pretrained_cfg
+
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    if pretrained:
+        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
+                                     pretrained_cfg_overlay=overlay).to_dict()
+        cfg.setdefault("architecture", variant)
+        overlay["file"] = _verified_weights(cfg)
+        overlay["hf_hub_id"] = None
+    return build_model_with_cfg(
+        partial(_build_variant, variant=variant), variant, pretrained,
+        pretrained_cfg_overlay=overlay or None,
+        feature_cfg=dict(out_indices=kwargs.pop("out_indices", (0, 1, 2, 3, 4))),
+        **kwargs,
+    )
+
+
+@register_model
+def stresnet18_2x(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """ResNet-18 with Tucker-2 ranks chosen by the CompressNAS search at 1/2 of the parameters."""
+    return _create("stresnet18_2x", pretrained, **kwargs)
+
+
+@register_model
+def stresnet18_4x(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """ResNet-18 with Tucker-2 ranks chosen by the CompressNAS search at 1/4 of the parameters."""
+    return _create("stresnet18_4x", pretrained, **kwargs)
+
+
+@register_model
+def stresnet18_8x(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """ResNet-18 with Tucker-2 ranks chosen by the CompressNAS search at 1/8 of the parameters."""
+    return _create("stresnet18_8x", pretrained, **kwargs)
+
+
+@register_model
+def stresnet_pico(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """STResNet Pico (0.63 M params, 0.12 GMACs at 224, 1000 classes): MCU-sized Tucker-2 ResNet-18."""
+    return _create("stresnet_pico", pretrained, **kwargs)
+
+
+@register_model
+def stresnet_nano(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """STResNet Nano (1.02 M params, 0.52 GMACs at 224, 1000 classes)."""
+    return _create("stresnet_nano", pretrained, **kwargs)
+
+
+@register_model
+def stresnet_micro(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """STResNet Micro (1.58 M params, 0.75 GMACs at 224, 1000 classes)."""
+    return _create("stresnet_micro", pretrained, **kwargs)
+
+
+@register_model
+def stresnet_milli(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """STResNet Milli (3.14 M params, 1.07 GMACs at 224, 1000 classes)."""
+    return _create("stresnet_milli", pretrained, **kwargs)
+
+
+@register_model
+def stresnet_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """STResNet Tiny (4.16 M params, 1.21 GMACs at 224, 1000 classes)."""
+    return _create("stresnet_tiny", pretrained, **kwargs)
