@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from functools import lru_cache, partial
 from importlib import resources
 from pathlib import Path
@@ -42,10 +43,15 @@ def packaged_plan(variant: str) -> Plan:
     return Plan.from_json(path.read_text(), source=f"plan {variant}")
 
 
+def registry_path() -> Path:
+    """The sha256/metrics registry: the package's ``weights.json`` ($STRESNET_WEIGHTS_REGISTRY overrides)."""
+    return Path(os.environ.get("STRESNET_WEIGHTS_REGISTRY", Path(__file__).with_name("weights.json")))
+
+
 @lru_cache(maxsize=None)
 def weights_registry() -> dict[str, dict]:
     """``{'arch.tag': {sha256, metrics, recipe, ...}}`` of every published weight file."""
-    path = resources.files("stresnet.zoo") / "weights.json"
+    path = registry_path()
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -84,7 +90,7 @@ def _cfg(variant: str, tag: str, **kwargs: Any) -> dict:
 
 
 default_cfgs = generate_default_cfgs({
-    f"{variant}.{tag}": _cfg(variant, tag) for variant in VARIANTS for tag in ("imagenette", "in1k")
+    f"{variant}.{tag}": _cfg(variant, tag) for variant in VARIANTS for tag in ("in1k", "imagenette")
 })
 
 
@@ -95,8 +101,8 @@ def _verified_weights(cfg: dict) -> str:
 
     name = cfg.get("architecture", "") + (f".{cfg['tag']}" if cfg.get("tag") else "")
     filename = cfg.get("hf_hub_filename") or WEIGHTS_FILENAME
-    if cfg.get("file"):
-        path = cfg["file"]
+    if cfg.get("file"):  # a file, or a published folder (local-dir:)
+        path = Path(cfg["file"]) / filename if Path(cfg["file"]).is_dir() else cfg["file"]
     else:
         try:
             path = hf_hub_download(cfg["hf_hub_id"], filename)
@@ -145,8 +151,8 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
         cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
                                      pretrained_cfg_overlay=overlay).to_dict()
         cfg.setdefault("architecture", variant)
-        overlay["file"] = _verified_weights(cfg)
-        overlay["hf_hub_id"] = None
+        # load the verified local file, whatever the cfg's source (timm, hf-hub:, local-dir:)
+        overlay.update(file=_verified_weights(cfg), hf_hub_id=None, source="")
     return build_model_with_cfg(
         partial(_build_variant, variant=variant), variant, pretrained,
         pretrained_cfg_overlay=overlay or None,

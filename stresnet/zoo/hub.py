@@ -1,0 +1,132 @@
+"""Publishing zoo weights: a Hub-ready folder, the offline Hugging Face cache, and the sha256 registry.
+
+A published folder holds ``config.json`` (timm's Hub format: architecture,
+pretrained_cfg, and ``model_args`` carrying the plan, so ``hf-hub:`` and
+``local-dir:`` names rebuild the architecture), ``model.safetensors`` (never
+pickle) and ``README.md`` (the model card). :func:`install_to_cache` lays the
+folder out as ``huggingface_hub``'s cache does, so ``timm.create_model(name,
+pretrained=True)`` works with ``HF_HUB_OFFLINE=1`` on a machine that has no
+network; :func:`push` uploads the same folder when there is one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+from safetensors.torch import save_file
+from torch import nn
+
+from ..plan import Plan, plan_of
+from .models import WEIGHTS_FILENAME, default_cfgs, registry_path, sha256_of
+
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_weights(model: nn.Module, path: Path, metadata: Mapping[str, str] | None = None) -> str:
+    """Write the state dict as safetensors (atomically) and return its sha256."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=dict(metadata or {}))
+    os.replace(tmp, path)
+    return sha256_of(path)
+
+
+def publish(
+    model: nn.Module,
+    name: str,
+    out_dir: Path,
+    metrics: Mapping[str, Any],
+    recipe: str,
+    card: str | None = None,
+    plan: Plan | None = None,
+) -> dict:
+    """Write ``out_dir/{config.json, model.safetensors, README.md}`` for ``arch.tag`` and return its record.
+
+    ``metrics`` are measured numbers (top-1, params, ...) stored beside the sha256,
+    the torchvision way: weights that know how they were made.
+    """
+    arch, _, tag = name.partition(".")
+    cfg = default_cfgs[arch].cfgs[tag].to_dict()
+    plan = plan or plan_of(model)
+    plan_dict = {**plan.to_dict(), "base": {"arch": "resnet18"}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sha = save_weights(model, out_dir / WEIGHTS_FILENAME, {"name": name, "recipe": recipe,
+                                                          **{k: str(v) for k, v in metrics.items()}})
+    num_classes = cfg["num_classes"]
+    config = {
+        "architecture": arch,
+        "num_classes": num_classes,
+        "num_features": 512,
+        "pretrained_cfg": {**{k: v for k, v in cfg.items() if k not in ("hf_hub_id", "source", "architecture")},
+                           "tag": tag},
+        "model_args": {"plan": plan_dict},
+    }
+    _atomic_write(out_dir / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+    if card is not None:
+        _atomic_write(out_dir / "README.md", card.encode())
+    record = {"sha256": sha, "hf_hub_id": cfg["hf_hub_id"], "recipe": recipe, "metrics": dict(metrics),
+              "file_size": (out_dir / WEIGHTS_FILENAME).stat().st_size}
+    return record
+
+
+def register(name: str, record: Mapping[str, Any], registry: Path | None = None) -> None:
+    """Record a published file's sha256 and metrics in the package's ``weights.json`` (sorted, stable)."""
+    registry = registry or registry_path()
+    data = json.loads(registry.read_text()) if registry.is_file() else {}
+    data[name] = dict(record)
+    _atomic_write(registry, (json.dumps(dict(sorted(data.items())), indent=2) + "\n").encode())
+    from .models import weights_registry
+
+    weights_registry.cache_clear()
+
+
+def hf_cache_dir() -> Path:
+    """Where huggingface_hub keeps its cache (honours HF_HUB_CACHE / HF_HOME)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def install_to_cache(folder: Path, repo_id: str, cache_dir: Path | None = None) -> Path:
+    """Copy a published folder into the local Hub cache as revision ``main`` of ``repo_id``.
+
+    Mirrors huggingface_hub's layout (``models--org--name/{blobs,snapshots/<rev>,refs/main}``),
+    so offline downloads resolve to these files.
+    """
+    cache_dir = Path(cache_dir) if cache_dir else hf_cache_dir()
+    repo = cache_dir / ("models--" + repo_id.replace("/", "--"))
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file())
+    revision = hashlib.sha1(b"".join(sha256_of(p).encode() for p in files)).hexdigest()
+    snapshot = repo / "snapshots" / revision
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        blob = repo / "blobs" / sha256_of(f)
+        if not blob.exists():
+            shutil.copyfile(f, blob.with_name(blob.name + ".tmp"))
+            os.replace(blob.with_name(blob.name + ".tmp"), blob)
+        link = snapshot / f.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs").mkdir(exist_ok=True)
+    _atomic_write(repo / "refs" / "main", revision.encode())
+    return snapshot
+
+
+def push(folder: Path, repo_id: str, private: bool = False) -> str:
+    """Upload a published folder to the Hugging Face Hub (needs network and a token)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, exist_ok=True, private=private)
+    return str(api.upload_folder(repo_id=repo_id, folder_path=str(folder)))

@@ -1,0 +1,133 @@
+"""The zoo as users meet it: timm names, cfgs, features, publish -> offline Hub cache -> load, bad weights."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import stresnet  # noqa: F401  (registers the zoo)
+from stresnet.cost import profile
+from stresnet.zoo.hub import install_to_cache, publish, register
+from stresnet.zoo.models import VARIANTS, WeightsError, packaged_plan
+
+FAMILY = {  # STResNet paper, 1000 classes at 224: params (M), GMACs
+    "stresnet_pico": (0.628, 0.124), "stresnet_nano": (1.022, 0.516), "stresnet_micro": (1.577, 0.749),
+    "stresnet_milli": (3.139, 1.068), "stresnet_tiny": (4.164, 1.207),
+}
+
+
+def test_every_variant_is_registered_with_both_weight_tags() -> None:
+    assert set(VARIANTS) <= set(timm.list_models("stresnet*"))
+    for v in VARIANTS:
+        tags = {name.split(".")[1] for name in timm.list_pretrained(f"{v}.*")}
+        assert tags == {"imagenette", "in1k"}
+        cfg = timm.get_pretrained_cfg(f"{v}.imagenette").to_dict()
+        assert cfg["hf_hub_id"] == f"stresnet/{v}.imagenette" and cfg["hf_hub_filename"] == "model.safetensors"
+        assert cfg["num_classes"] == 10 and cfg["input_size"] == (3, 128, 128) and cfg["license"]
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY))
+def test_family_matches_the_papers_params_and_macs(name: str) -> None:
+    params_m, gmacs = FAMILY[name]
+    prof = profile(timm.create_model(name), (3, 224, 224))
+    assert abs(prof.params / 1e6 / params_m - 1) < 0.005
+    assert abs(prof.macs / 1e9 / gmacs - 1) < 0.02
+
+
+def test_packaged_plans_build_the_registered_models() -> None:
+    model = timm.create_model("stresnet18_8x", num_classes=10)
+    assert stresnet.plan_of(model).layers == packaged_plan("stresnet18_8x").factorised()
+
+
+def test_features_only_reports_the_narrow_stem() -> None:
+    feats = timm.create_model("stresnet_pico", features_only=True)
+    outs = feats(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == feats.feature_info.channels() == [32, 64, 128, 256, 512]
+
+
+@pytest.fixture
+def published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """stresnet_pico.imagenette published, registered in a temporary registry and installed in a temporary cache."""
+    from huggingface_hub import constants
+
+    from stresnet.zoo import models
+
+    cache, registry = tmp_path / "hub", tmp_path / "weights.json"
+    monkeypatch.setenv("STRESNET_WEIGHTS_REGISTRY", str(registry))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    models.weights_registry.cache_clear()
+    torch.manual_seed(0)
+    model = timm.create_model("stresnet_pico", num_classes=10).eval()
+    record = publish(model, "stresnet_pico.imagenette", tmp_path / "pub", {"top1": 0.5}, "recipes/x.yaml")
+    register("stresnet_pico.imagenette", record)
+    snapshot = install_to_cache(tmp_path / "pub", record["hf_hub_id"], cache)
+    yield model, snapshot, cache, registry
+    models.weights_registry.cache_clear()
+
+
+def test_publish_round_trip_through_the_offline_cache(published) -> None:
+    model, snapshot, _, _ = published
+    loaded = timm.create_model("stresnet_pico.imagenette", pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    config = json.loads((snapshot / "config.json").read_text())
+    assert config["architecture"] == "stresnet_pico" and "layers" in config["model_args"]["plan"]
+
+
+def test_a_fresh_offline_process_loads_by_name_hf_hub_and_local_dir(published) -> None:
+    model, snapshot, cache, registry = published
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)[0, :3].tolist()
+    code = (
+        "import sys, torch, timm, stresnet; torch.manual_seed(1); x = torch.load(sys.argv[1])\n"
+        "for name in ('stresnet_pico.imagenette', 'hf-hub:stresnet/stresnet_pico.imagenette', 'local-dir:' + sys.argv[2]):\n"
+        "    m = timm.create_model(name, pretrained=True).eval()\n"
+        "    print(m(x)[0, :3].tolist())\n"
+    )
+    torch.save(x, snapshot.parent.parent / "x.pt")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "STRESNET_WEIGHTS_REGISTRY": str(registry)}
+    out = subprocess.run([sys.executable, "-c", code, str(snapshot.parent.parent / "x.pt"), str(snapshot)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    assert len(rows) == 3 and all(row == pytest.approx(expected, abs=1e-6) for row in rows)
+
+
+def test_corrupt_weights_name_the_file_and_the_recipe(published) -> None:
+    _, snapshot, _, _ = published
+    blob = (snapshot / "model.safetensors").resolve()
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match=r"sha256.*stresnet recipe run recipes/stresnet_pico.yaml"):
+        timm.create_model("stresnet_pico.imagenette", pretrained=True)
+
+
+def test_truncated_weights_are_reported(published) -> None:
+    _, snapshot, _, registry = published
+    blob = (snapshot / "model.safetensors").resolve()
+    blob.write_bytes(blob.read_bytes()[:1000])
+    registry.write_text("{}")  # no sha256 on record: the format check still catches it
+    from stresnet.zoo import models
+
+    models.weights_registry.cache_clear()
+    with pytest.raises(WeightsError, match="not a readable safetensors file"):
+        timm.create_model("stresnet_pico.imagenette", pretrained=True)
+
+
+def test_missing_weights_name_the_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(WeightsError, match=r"not found.*stresnet recipe run recipes/stresnet18_4x.yaml"):
+        timm.create_model("stresnet18_4x.imagenette", pretrained=True)
