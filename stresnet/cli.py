@@ -53,7 +53,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     report = search_and_write(
         args.model, args.checkpoint, args.data, args.budget, args.out, num_classes=args.num_classes,
-        size=args.input_size, calib=args.calib_images, step=args.step, tied=not args.free_ranks,
+        size=args.input_size, calib=args.calib_images, step=args.step, tied=args.tied_ranks,
         estimator=args.estimator, evaluate=args.eval, seed=args.seed, progress=not args.quiet,
     )
     for label, row in report["budgets"].items():
@@ -95,6 +95,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     row = {"top1": acc["top1"], "top5": acc["top5"], "images": acc["images"], "params": prof.params,
            "macs": prof.macs, "flash_bytes": prof.flash_bytes, "peak_ram_bytes": prof.peak_ram_bytes}
     print(json.dumps(row) if args.json else "  ".join(f"{k}={v}" for k, v in row.items()))
+    return 0
+
+
+def _cmd_cards(args: argparse.Namespace) -> int:
+    import timm
+
+    from .cost import profile
+    from .zoo.cards import write_cards
+    from .zoo.models import VARIANTS, weights_registry
+
+    profiles = {}
+    for variant in VARIANTS:
+        for tag in ("imagenette", "in1k"):
+            cfg = timm.get_pretrained_cfg(f"{variant}.{tag}")
+            model = timm.create_model(variant, num_classes=cfg.num_classes)
+            profiles[f"{variant}.{tag}"] = profile(model, cfg.input_size).to_dict()
+    paths = write_cards(args.out, profiles, weights_registry())
+    print(f"wrote {len(paths)} cards to {args.out}")
     return 0
 
 
@@ -148,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--calib-images", type=int, default=256)
     p.add_argument("--step", type=int, default=8, help="rank grid step")
-    p.add_argument("--free-ranks", action="store_true", help="input and output ranks chosen independently")
+    p.add_argument("--tied-ranks", action="store_true",
+                   help="one rank for both channel modes (as STResNet); default: chosen independently")
     p.add_argument("--estimator", choices=("mse", "fisher"), default="fisher",
                    help="mse: normalised output MSE (CompressNAS); fisher: output error weighted by the loss gradient")
     p.add_argument("--eval", action="store_true", help="also measure zero-shot top-1 of every plan on val/")
@@ -181,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("cards", help="write a model card per zoo variant from measured numbers")
+    p.add_argument("--out", type=Path, default=Path("zoo_cards"))
+    p.set_defaults(func=_cmd_cards)
 
     p = sub.add_parser("plan", help="write the plan of an STResNet MCU variant")
     p.add_argument("variant", help="pico, nano, micro, milli or tiny")

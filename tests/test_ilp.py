@@ -208,3 +208,12 @@ def test_sixty_layers_thirty_options_meets_both_budgets():
     choice = solve(layers, {"params": base["params"] / 8, "macs": base["macs"] / 6})
     cost = total_cost(layers, choice)
     assert cost["params"] <= base["params"] / 8 and cost["macs"] <= base["macs"] / 6
+
+
+def test_tiny_loss_units_do_not_change_the_choice():
+    layers = {
+        "a": [Option({"r": 0}, 0.0, {"params": 10.0}), Option({"r": 1}, 3.0, {"params": 5.0})],
+        "b": [Option({"r": 0}, 0.0, {"params": 10.0}), Option({"r": 1}, 1.0, {"params": 6.0})],
+    }
+    tiny = {n: [Option(o.spec, o.loss * 1e-12, o.cost) for o in opts] for n, opts in layers.items()}
+    assert solve(layers, {"params": 16.0}) == solve(tiny, {"params": 16.0}) == {"a": 0, "b": 1}

@@ -19,13 +19,13 @@ from stresnet.search.report import write_search
 def model_and_images() -> tuple[torch.nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     model = timm.create_model("resnet18", num_classes=10).eval()
-    return model, torch.randn(16, 3, 32, 32)
+    return model, torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
 
 
 @pytest.fixture(scope="module")
 def space(model_and_images):
-    model, images = model_and_images
-    return build_space(model, images, step=16, progress=False)
+    model, images, labels = model_and_images
+    return build_space(model, images, labels, step=16, progress=False)
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -33,7 +33,7 @@ def _params(model: torch.nn.Module) -> int:
 
 
 def test_searched_plans_meet_their_budgets_in_the_built_model(model_and_images, space) -> None:
-    model, _ = model_and_images
+    model = model_and_images[0]
     base = _params(model)
     result = run_search(space, [parse_budget("2x"), parse_budget("8x")])
     for label, ratio in (("2x", 2), ("8x", 8)):
@@ -47,10 +47,16 @@ def test_searched_plans_meet_their_budgets_in_the_built_model(model_and_images, 
 
 
 def test_search_is_deterministic(model_and_images) -> None:
-    model, images = model_and_images
-    a = searched_plan(build_space(model, images, step=16, progress=False), parse_budget("4x"))
-    b = searched_plan(build_space(model, images, step=16, progress=False), parse_budget("4x"))
+    a = searched_plan(build_space(*model_and_images, step=16, progress=False), parse_budget("4x"))
+    b = searched_plan(build_space(*model_and_images, step=16, progress=False), parse_budget("4x"))
     assert a.layers == b.layers
+
+
+def test_mse_estimator_needs_no_labels(model_and_images) -> None:
+    model, images, _ = model_and_images
+    space = build_space(model, images, estimator="mse", step=16, tied=True, progress=False)
+    plan = searched_plan(space, parse_budget("4x"))
+    assert all(s["ranks"][0] == s["ranks"][1] or s["ranks"][1] == 3 for s in plan.layers.values())
 
 
 def test_searched_plan_beats_uniform_on_the_estimator(space) -> None:

@@ -228,6 +228,11 @@ def solve(
     b_ub = np.array(budget_rhs)
 
     loss = np.array([float(o.loss) for o in opts])
+    # Losses are divided by the largest one: the solver's absolute tolerances and the stage-2
+    # slack then mean the same thing whatever the estimator's units (Fisher losses can be ~1e-9).
+    peak = float(np.abs(loss).max())
+    if peak > 0:
+        loss = loss / peak
     chosen = _milp(loss, one_hot, a_ub, b_ub, np.ones(n_vars))
     if chosen is None:
         pretty = ", ".join(f"{m}<={_fmt(m, float(limits[m]))}" for m in _metric_order(limits))
@@ -238,7 +243,7 @@ def solve(
 
     # Stage 2: among (near-)optimal plans prefer fewer params, then cheaper / earlier options.
     best = float(loss @ chosen)
-    slack = _LOSS_TOL * max(1.0, float(np.abs(loss).sum()))
+    slack = _LOSS_TOL * float(np.abs(loss).sum())
     upper = _reduced_cost_fixing(loss, one_hot, a_ub, b_ub, best + slack)
     upper[chosen] = 1.0  # the stage-1 optimum always stays available
     pos = np.array([tie_pos[li][oi] for li, oi in zip(var_layer, var_option)])

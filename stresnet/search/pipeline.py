@@ -74,21 +74,26 @@ def build_space(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor | None = None,
-    estimator: str = "mse",
+    estimator: str = "fisher",
     step: int = 8,
-    tied: bool = True,
+    tied: bool = False,
     max_patches: int = 16384,
     progress: bool = True,
 ) -> SearchSpace:
     """Capture calibration inputs and build every layer's options (the expensive, budget-free part).
 
-    ``estimator``: ``"mse"``, output MSE normalised per layer (CompressNAS), or
-    ``"fisher"``, output error weighted by the loss gradient (needs ``labels``).
+    ``estimator``: ``"fisher"`` (default), output error weighted by the loss
+    gradient (needs ``labels``), or ``"mse"``, output MSE normalised per layer
+    (CompressNAS). Fisher is the default because it predicts measured zero-shot
+    accuracy better (``stresnet check-estimator``: Spearman -0.87 vs -0.59 over
+    20 random 8x plans of the Imagenette ResNet-18).
     """
     from ..cost import profile
 
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r} (expected one of {', '.join(ESTIMATORS)})")
+    if estimator == "fisher" and labels is None:
+        raise ValueError("the fisher estimator needs the calibration images' labels")
     t0 = time.perf_counter()
     convs = decomposable_convs(model)
     inputs = capture_inputs(model, convs, images)
