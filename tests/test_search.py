@@ -18,7 +18,8 @@ from stresnet.search.report import write_search
 @pytest.fixture(scope="module")
 def model_and_images() -> tuple[torch.nn.Module, torch.Tensor]:
     torch.manual_seed(0)
-    model = timm.create_model("resnet18", num_classes=10).eval()
+    # zero_init_last=False: timm zeroes each block's last BN by default, which leaves no gradient to weigh
+    model = timm.create_model("resnet18", num_classes=10, zero_init_last=False).eval()
     return model, torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
 
 

@@ -49,6 +49,7 @@ class SearchSpace:
     step: int
     seconds: float
     input_size: tuple[int, int, int]
+    vbmf_ranks: dict[str, tuple[int, int]] = field(default_factory=dict)  # filled on first use
 
     def size(self, plan: Plan, metric: str = "params") -> float:
         """Total ``metric`` of ``plan`` under this space's analytic cost rows."""
@@ -141,12 +142,14 @@ def _ranks_plan(space: SearchSpace, ranks: Callable[[str, LayerShape], tuple[flo
 
 
 def _vbmf_ranks(space: SearchSpace) -> dict[str, tuple[int, int]]:
-    out = {}
-    for name, b in space.bases.items():
-        c_out, c_in = b.weight.shape[:2]
-        w = b.weight.numpy()
-        out[name] = (bl.vbmf_rank(w.reshape(c_out, -1)), bl.vbmf_rank(w.transpose(1, 0, 2, 3).reshape(c_in, -1)))
-    return out
+    """VBMF ranks of both mode unfoldings of every layer (computed once per space)."""
+    if not space.vbmf_ranks:
+        for name, b in space.bases.items():
+            c_out, c_in = b.weight.shape[:2]
+            w = b.weight.numpy()
+            space.vbmf_ranks[name] = (bl.vbmf_rank(w.reshape(c_out, -1)),
+                                      bl.vbmf_rank(w.transpose(1, 0, 2, 3).reshape(c_in, -1)))
+    return space.vbmf_ranks
 
 
 def baseline_plan(space: SearchSpace, method: str, params_limit: float) -> Plan:
@@ -210,14 +213,16 @@ def plan_summary(space: SearchSpace, plan: Plan) -> dict:
 
 
 def space_report(space: SearchSpace) -> dict:
-    """Per-layer tables: shape and every option's loss and cost (JSON-ready)."""
-    return {
-        name: {
-            "shape": vars(space.shapes[name]),
-            "options": [{"spec": o.spec, "loss": o.loss, "cost": dict(o.cost)} for o in opts],
-        }
-        for name, opts in space.options.items()
-    }
+    """Per-layer tables (JSON-ready, compact): shape, and one row per option with its loss and costs."""
+    columns = ["r_out", "r_in", "loss", *METRICS]
+    out = {}
+    for name, opts in space.options.items():
+        rows = []
+        for o in opts:
+            r_out, r_in = o.spec.get("ranks", [None, None])  # None, None = full
+            rows.append([r_out, r_in, float(f"{o.loss:.6g}"), *(int(o.cost[m]) for m in METRICS)])
+        out[name] = {"shape": vars(space.shapes[name]), "columns": columns, "options": rows}
+    return out
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:

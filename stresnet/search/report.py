@@ -64,8 +64,8 @@ def plot_pareto(report: Mapping, path: Path) -> None:
         axes[0][0].plot(params, [r["estimated_loss"] for r in rows], marker=markers[method], label=method)
         if has_acc:
             axes[0][1].plot(params, [100 * r.get("top1", float("nan")) for r in rows], marker=markers[method], label=method)
-    axes[0][0].set(xlabel="params (M)", ylabel="estimated loss (sum of normalised MSE)", xscale="log",
-                   title="estimator")
+    axes[0][0].set(xlabel="params (M)", ylabel=f"estimated loss ({report.get('estimator', 'mse')} estimator)",
+                   xscale="log", title="estimator")
     if has_acc:
         base_top1 = report.get("base_top1")
         if base_top1 is not None:
