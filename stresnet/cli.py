@@ -48,6 +48,51 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(names: Sequence[str], num_classes: int | None) -> dict:
+    from .resolve import model_from_name
+
+    return {name: model_from_name(name, num_classes=num_classes) for name in names}
+
+
+def _cmd_latency(args: argparse.Namespace) -> int:
+    from .deploy import bench_latency, format_latency
+
+    names = list(dict.fromkeys(["resnet18", *args.models]))
+    size = (3, args.input_size, args.input_size)
+    result = bench_latency(_models(names, args.num_classes), size, threads=args.threads, iters=args.iters)
+    print(json.dumps(result) if args.json else format_latency(result))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .data import calibration_images
+    from .deploy import export_onnx, onnx_parity, quantize_int8
+    from .resolve import model_from_name
+
+    import torch
+
+    model = model_from_name(args.model, num_classes=args.num_classes, checkpoint=args.checkpoint)
+    size = (3, args.input_size, args.input_size)
+    path = export_onnx(model, args.onnx, size)
+    diff = onnx_parity(model, path, torch.randn(2, *size))
+    print(f"wrote {path} (max |logit diff| vs PyTorch {diff:.2e})")
+    if args.int8:
+        if args.calib is None:
+            raise PlanError("export --int8 needs --calib DIR (an ImageFolder of calibration images)")
+        images, _ = calibration_images(args.calib, args.calib_images, args.input_size)
+        out = quantize_int8(path, path.with_name(path.stem + "_int8.onnx"), images)
+        print(f"wrote {out}")
+    return 0
+
+
+def _cmd_mcu(args: argparse.Namespace) -> int:
+    from .deploy import format_mcu, mcu_report
+
+    result = mcu_report(_models(args.models, args.num_classes), resolutions=tuple(args.resolutions))
+    print(json.dumps(result) if args.json else format_mcu(result))
+    return 0
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from .search.run import search_and_write
 
@@ -204,6 +249,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cards", help="write a model card per zoo variant from measured numbers")
     p.add_argument("--out", type=Path, default=Path("zoo_cards"))
     p.set_defaults(func=_cmd_cards)
+
+    b = bench.add_parser("latency", help="batch-1 CPU latency vs resnet18 in the same run, beside the MAC ratio")
+    b.add_argument("models", nargs="+")
+    b.add_argument("--num-classes", type=int, default=10)
+    b.add_argument("--input-size", type=int, default=128)
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--iters", type=int, default=50)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=_cmd_latency)
+
+    p = sub.add_parser("export", help="ONNX export (opset 17), optionally int8 QDQ with calibration images")
+    p.add_argument("model", help="timm name, zoo variant or plan JSON")
+    p.add_argument("--onnx", type=Path, required=True)
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--checkpoint", type=Path, default=None)
+    p.add_argument("--input-size", type=int, default=128)
+    p.add_argument("--int8", action="store_true")
+    p.add_argument("--calib", type=Path, default=None)
+    p.add_argument("--calib-images", type=int, default=128)
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("mcu", help="int8 flash and peak RAM per variant and resolution, against MCU budgets")
+    p.add_argument("models", nargs="+")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--resolutions", type=int, nargs="+", default=[224, 128])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_mcu)
 
     p = sub.add_parser("plan", help="write the plan of an STResNet MCU variant")
     p.add_argument("variant", help="pico, nano, micro, milli or tiny")
