@@ -19,7 +19,7 @@ power mobile applications", ICLR 2016 (Tucker-2 of conv kernels).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -70,6 +70,13 @@ class ModeBases:
     u_in: Tensor
     s_in: Tensor
     dtype: torch.dtype  # the kernel's own dtype, for the results
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def full_core(self) -> Tensor:
+        """The kernel in the full mode bases; every HOSVD truncation's core is its leading block."""
+        if "core" not in self._cache:
+            self._cache["core"] = _core(self.weight, self.u_out, self.u_in)
+        return self._cache["core"]
 
     def energy(self, mode: int, rank: int) -> float:
         """Fraction of the squared singular values of ``mode`` kept at ``rank``."""
@@ -130,7 +137,8 @@ def tucker2(
         u_out = _leading_left_vectors(y)[0][:, :r_out]
         y = torch.einsum("oikl,or->irkl", w, u_out).reshape(c_in, -1)
         u_in = _leading_left_vectors(y)[0][:, :r_in]
-    core = _core(w, u_out, u_in)
+    # plain HOSVD: the truncated core is the leading block of the cached full core (one contraction per layer)
+    core = _core(w, u_out, u_in) if n_iter else bases.full_core()[:r_out, :r_in]
     dtype = bases.dtype
     return core.to(dtype), (u_out.to(dtype), u_in.to(dtype))
 
