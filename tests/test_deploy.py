@@ -29,6 +29,7 @@ from stresnet.deploy import (  # noqa: E402
 )
 from stresnet.layers import LowRankLinear, LowRankSparseConv2d, TT5Conv2d, TTConv2d, Tucker2Conv2d  # noqa: E402
 from stresnet.resolve import model_from_name  # noqa: E402
+from stresnet.zoo.models import VARIANTS  # noqa: E402
 
 # every factorised layer type: tucker2 (stem, 3x3, strided 1x1 downsample), 3-core tt, 5-core tt (reshapes),
 # low-rank + sparse (masked conv), svd conv and svd fc
@@ -107,10 +108,11 @@ def test_parity_detects_a_different_model(mixed: nn.Module, tmp_path: Path) -> N
     assert onnx_parity(other, path, torch.randn(2, 3, 64, 64)) > 1e-3
 
 
-def test_stresnet_pico_exports_with_fp32_parity(tmp_path: Path) -> None:
-    model = _randomise_bn(model_from_name("stresnet_pico", num_classes=10))
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_zoo_variant_exports_with_fp32_parity(variant: str, tmp_path: Path) -> None:
+    model = _randomise_bn(timm.create_model(variant, num_classes=10))
     model.train()
-    path = export_onnx(model, tmp_path / "pico.onnx", (3, 64, 64))
+    path = export_onnx(model, tmp_path / f"{variant}.onnx", (3, 64, 64))
     assert model.training, "export must restore the training flag"
     _assert_parity(model.eval(), path, torch.randn(2, 3, 64, 64))
 
