@@ -172,6 +172,20 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_search_args(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by the commands that build a search space from a base and a data folder."""
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--checkpoint", type=Path, default=None)
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--data", type=Path, required=True, help="ImageFolder root (train/ for calibration, val/ for --eval)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--input-size", type=int, default=128)
+    p.add_argument("--calib-images", type=int, default=256)
+    p.add_argument("--step", type=int, default=8, help="rank grid step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stresnet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,37 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("search", help="CompressNAS: estimator tables + one ILP per budget, with baselines")
-    p.add_argument("--model", default="resnet18")
-    p.add_argument("--checkpoint", type=Path, default=None)
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--data", type=Path, required=True, help="ImageFolder root (train/ for calibration, val/ for --eval)")
+    _add_search_args(p)
     p.add_argument("--budget", action="append", required=True, help="e.g. 8x, params<=1.5M, flash<=1MiB,ram<=256KiB")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--input-size", type=int, default=128)
-    p.add_argument("--calib-images", type=int, default=256)
-    p.add_argument("--step", type=int, default=8, help="rank grid step")
     p.add_argument("--tied-ranks", action="store_true",
                    help="one rank for both channel modes (as STResNet); default: chosen independently")
     p.add_argument("--estimator", choices=("mse", "fisher"), default="fisher",
                    help="mse: normalised output MSE (CompressNAS); fisher: output error weighted by the loss gradient")
     p.add_argument("--eval", action="store_true", help="also measure zero-shot top-1 of every plan on val/")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("check-estimator", help="Spearman of each estimator vs measured top-1 over random plans")
-    p.add_argument("--model", default="resnet18")
-    p.add_argument("--checkpoint", type=Path, default=None)
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--data", type=Path, required=True)
+    _add_search_args(p)
     p.add_argument("--budget", default="8x")
     p.add_argument("--plans", type=int, default=20)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--input-size", type=int, default=128)
-    p.add_argument("--calib-images", type=int, default=256)
-    p.add_argument("--step", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_check_estimator)
 
     p = sub.add_parser("eval", help="top-1/top-5, params and MACs of a model (or base + plan) on an ImageFolder")

@@ -143,3 +143,8 @@ def test_cli_rejects_a_truncated_checkpoint(tmp_path: Path, capsys: pytest.Captu
 def test_cli_rejects_an_unknown_model(capsys: pytest.CaptureFixture) -> None:
     code, err = _run_cli(["profile", "resnet_nope"], capsys)
     assert code == 2 and "resnet_nope" in err
+
+
+def test_cli_rejects_a_bad_budget_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, err = _run_cli(["search", "--data", str(tmp_path), "--budget", "8y", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "'8y'" in err and err.count("\n") == 1 and not (tmp_path / "o").exists()

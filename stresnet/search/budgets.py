@@ -86,8 +86,8 @@ def _fmt_num(text: str) -> str:
 
 
 def _parse_term(budget: str, term: str) -> _Term:
-    def fail(why: str) -> ValueError:
-        return ValueError(f"budget {budget!r}: {why}")
+    def fail(why: str) -> BudgetError:
+        return BudgetError(f"budget {budget!r}: {why}")
 
     if not term:
         raise fail(f"empty term ({_EXAMPLES})")
