@@ -13,19 +13,11 @@ from safetensors.torch import save_file
 from stresnet import Plan, PlanError, build, compress, load_weights, plan_of
 from stresnet.cli import main
 
+from plans import MIXED_LAYERS
+
 PLAN = {
     "base": {"arch": "resnet18", "num_classes": 10},
-    "layers": {
-        "conv1": {"type": "tucker2", "ranks": [16, 3]},
-        "layer1.0.conv1": {"type": "tucker2", "ranks": [16, 24]},
-        "layer2.0.downsample.0": {"type": "tucker2", "ranks": [32, 16]},
-        "layer3.1.conv2": {"type": "tt", "ranks": [32, 48]},
-        "layer4.0.conv1": {"type": "tt", "ranks": [8, 16, 32, 8], "factors": [[16, 32], [16, 16]]},
-        "layer4.1.conv1": {"type": "lrs", "ranks": [64, 64], "density": 0.05},
-        "layer4.1.conv2": {"type": "svd", "rank": 96},
-        "fc": {"type": "svd", "rank": 8},
-        "layer1.1.conv2": {"type": "full"},
-    },
+    "layers": {**MIXED_LAYERS, "layer1.1.conv2": {"type": "full"}},
 }
 
 
