@@ -86,3 +86,17 @@ def test_report_and_plans_are_written(space, tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["budgets"]["4x"]["methods"]["searched"]["ratio"] >= 4
     assert set(saved["layers"]) == set(space.options)
+
+
+def test_analytic_option_costs_equal_the_cost_model_of_built_layers() -> None:
+    from stresnet.cost import profile
+    from stresnet.layers import Tucker2Conv2d
+    from stresnet.search.options import LayerShape
+
+    conv = torch.nn.Conv2d(32, 64, 3, stride=2, padding=1, bias=False)
+    shape = LayerShape.of(conv, (16, 16))
+    full, tucker = profile(conv, (32, 16, 16)), profile(Tucker2Conv2d.from_conv(conv, [24, 16]), (32, 16, 16))
+    assert shape.full_cost()["params"] == full.params and shape.full_cost()["flash"] == full.flash_bytes
+    assert shape.full_cost()["macs"] == full.macs
+    cost = shape.tucker2_cost(24, 16)
+    assert (cost["params"], cost["flash"], cost["macs"]) == (tucker.params, tucker.flash_bytes, tucker.macs)

@@ -15,10 +15,9 @@ from typing import Sequence
 
 from torch import nn
 
+from ..cost import BYTES_PER_CHANNEL
 from .estimator import ErrorTable
 from .ilp import Option
-
-BYTES_PER_CHANNEL = 8  # int32 bias + per-channel requant scale, as in stresnet.cost
 
 
 @dataclass(frozen=True)
