@@ -1,0 +1,90 @@
+"""torch.hub entry points for the stresnet zoo.
+
+    torch.hub.load('<repo dir or owner/stresnet>', 'stresnet18_8x', source='local', pretrained=False)
+
+Imports are scoped inside each entry so ``torch.hub.list`` works with only torch
+installed; building a model needs timm and this package (``pip install -e .``).
+``pretrained=True`` takes a weight tag, e.g. ``tag='imagenette'`` (default) or
+``'in1k'``, and loads verified safetensors from the Hugging Face cache.
+"""
+dependencies = ["torch", "timm", "safetensors"]
+
+
+def _create(name: str, pretrained: bool, tag: str, **kwargs):
+    import timm
+
+    import stresnet  # noqa: F401  (registers the zoo with timm)
+
+    return timm.create_model(f"{name}.{tag}" if pretrained else name, pretrained=pretrained, **kwargs)
+
+
+def stresnet18_2x(pretrained: bool = False, tag: str = "imagenette", **kwargs):
+    """ResNet-18 with Tucker-2 ranks searched (Fisher estimator + ILP) at 1/2 of the parameters.
+
+    Args: pretrained (load published weights), tag ('imagenette' or 'in1k'), and timm
+    kwargs such as num_classes or features_only.
+    """
+    return _create("stresnet18_2x", pretrained, tag, **kwargs)
+
+
+def stresnet18_4x(pretrained: bool = False, tag: str = "imagenette", **kwargs):
+    """ResNet-18 with Tucker-2 ranks searched (Fisher estimator + ILP) at 1/4 of the parameters.
+
+    Args: pretrained (load published weights), tag ('imagenette' or 'in1k'), and timm
+    kwargs such as num_classes or features_only.
+    """
+    return _create("stresnet18_4x", pretrained, tag, **kwargs)
+
+
+def stresnet18_8x(pretrained: bool = False, tag: str = "imagenette", **kwargs):
+    """ResNet-18 with Tucker-2 ranks searched (Fisher estimator + ILP) at 1/8 of the parameters.
+
+    Args: pretrained (load published weights), tag ('imagenette' or 'in1k'), and timm
+    kwargs such as num_classes or features_only.
+    """
+    return _create("stresnet18_8x", pretrained, tag, **kwargs)
+
+
+def stresnet_pico(pretrained: bool = False, tag: str = "imagenette", **kwargs):
+    """STResNet Pico: 0.63 M params, 0.12 GMACs at 224 (1000 classes); MCU-sized.
+
+    Args: pretrained (load published weights), tag ('imagenette' or 'in1k'), and timm
+    kwargs such as num_classes or features_only.
+    """
+    return _create("stresnet_pico", pretrained, tag, **kwargs)
+
+
+def stresnet_nano(pretrained: bool = False, tag: str = "imagenette", **kwargs):
+    """STResNet Nano: 1.02 M params, 0.52 GMACs at 224 (1000 classes).
+
+    Args: pretrained (load published weights), tag ('imagenette' or 'in1k'), and timm
+    kwargs such as num_classes or features_only.
+    """
+    return _create("stresnet_nano", pretrained, tag, **kwargs)
+
+
+def stresnet_micro(pretrained: bool = False, tag: str = "imagenette", **kwargs):
+    """STResNet Micro: 1.58 M params, 0.75 GMACs at 224 (1000 classes).
+
+    Args: pretrained (load published weights), tag ('imagenette' or 'in1k'), and timm
+    kwargs such as num_classes or features_only.
+    """
+    return _create("stresnet_micro", pretrained, tag, **kwargs)
+
+
+def stresnet_milli(pretrained: bool = False, tag: str = "imagenette", **kwargs):
+    """STResNet Milli: 3.14 M params, 1.07 GMACs at 224 (1000 classes).
+
+    Args: pretrained (load published weights), tag ('imagenette' or 'in1k'), and timm
+    kwargs such as num_classes or features_only.
+    """
+    return _create("stresnet_milli", pretrained, tag, **kwargs)
+
+
+def stresnet_tiny(pretrained: bool = False, tag: str = "imagenette", **kwargs):
+    """STResNet Tiny: 4.16 M params, 1.21 GMACs at 224 (1000 classes).
+
+    Args: pretrained (load published weights), tag ('imagenette' or 'in1k'), and timm
+    kwargs such as num_classes or features_only.
+    """
+    return _create("stresnet_tiny", pretrained, tag, **kwargs)
