@@ -1,0 +1,149 @@
+"""Training and validation loaders over an ImageFolder, deterministic and DDP-aware.
+
+Determinism: the *order* of samples in an epoch comes from a
+:class:`~torch.utils.data.DistributedSampler` seeded with ``seed`` and
+``set_epoch(epoch)`` (with one replica when ``torch.distributed`` is not
+initialised), and the *augmentation* of each sample is drawn from an RNG
+seeded by ``(seed, epoch, index)``. So what the model sees in an epoch depends
+on ``(seed, epoch)`` only: not on the number of workers, not on the global RNG
+state, and not on the world size (under DDP rank ``r`` gets ``order[r::world]``,
+so a global batch of ``world * b`` holds the same images, identically
+augmented, as a single-process batch of the same size).
+"""
+from __future__ import annotations
+
+import random
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from ..data import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+
+__all__ = ["dist_info", "train_transform", "eval_transform", "SeededAugment", "TrainLoader", "train_loader",
+           "val_loader", "seed_worker", "sample_seed"]
+
+
+def dist_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of the default process group, ``(0, 1)`` when not distributed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def train_transform(input_size: int, scale: tuple[float, float] = (0.35, 1.0), hflip: float = 0.5,
+                    interpolation: str = "bilinear") -> Callable:
+    """timm's training pipeline: RandomResizedCrop(``scale``) + horizontal flip, ImageNet mean/std, no colour jitter."""
+    from timm.data import create_transform
+
+    return create_transform(input_size, is_training=True, scale=scale, hflip=hflip, color_jitter=None,
+                            interpolation=interpolation, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of sample ``index`` in ``epoch`` (a hash of the three numbers)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+@contextmanager
+def _seeded_rngs(seed: int) -> Iterator[None]:
+    """Seed python's, numpy's and torch's CPU RNG for the block, then put their states back."""
+    py, nps, gen = random.getstate(), np.random.get_state(), torch.random.default_generator
+    t = gen.get_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    gen.manual_seed(seed)  # CPU generator only: CUDA generators are left alone
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(nps)
+        gen.set_state(t)
+
+
+class SeededAugment(Dataset):
+    """A dataset of ``(PIL image, label)`` with a random transform seeded per ``(seed, epoch, index)``."""
+
+    def __init__(self, base: Dataset, transform: Callable, seed: int = 0):
+        self.base, self.transform, self.seed, self.epoch = base, transform, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        img, target = self.base[index]
+        with _seeded_rngs(sample_seed(self.seed, self.epoch, index)):
+            img = self.transform(img)
+        return img, target
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and python ``random`` in a loader worker from its torch seed (which the loader's generator fixes)."""
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def _image_folder(root: str | Path, transform: Callable | None = None):
+    from torchvision import datasets
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root}: not found")
+    return datasets.ImageFolder(str(root), transform)
+
+
+class TrainLoader:
+    """Builds one epoch's :class:`DataLoader` at a time: ``for x, y in train.epoch(e)``.
+
+    ``batch_size`` is per process. Incomplete last batches are dropped (so no
+    BatchNorm sees a batch of one and every rank does the same number of steps).
+    """
+
+    def __init__(self, root: str | Path, input_size: int, batch_size: int, seed: int = 0, workers: int = 1,
+                 scale: tuple[float, float] = (0.35, 1.0), pin_memory: bool = False):
+        self.folder = _image_folder(root)
+        self.classes = self.folder.classes
+        self.dataset = SeededAugment(self.folder, train_transform(input_size, scale=scale), seed)
+        self.rank, self.world = dist_info()
+        self.sampler = DistributedSampler(self.dataset, num_replicas=self.world, rank=self.rank, shuffle=True,
+                                          seed=seed, drop_last=False)
+        self.batch_size, self.seed, self.workers, self.pin_memory = batch_size, seed, workers, pin_memory
+        if len(self) == 0:
+            raise ValueError(f"train folder {root}: {len(self.folder)} images is less than one batch "
+                             f"({batch_size} per process x {self.world} processes)")
+
+    def __len__(self) -> int:
+        """Batches per epoch (per process)."""
+        return len(self.sampler) // self.batch_size
+
+    def epoch(self, epoch: int) -> DataLoader:
+        self.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+        g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, 2**31 + self.rank))  # worker base seeds
+        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler, drop_last=True,
+                          num_workers=self.workers, worker_init_fn=seed_worker, generator=g,
+                          pin_memory=self.pin_memory)
+
+
+def train_loader(root: str | Path, input_size: int, batch_size: int, seed: int = 0, workers: int = 1,
+                 **kwargs) -> TrainLoader:
+    return TrainLoader(root, input_size, batch_size, seed=seed, workers=workers, **kwargs)
+
+
+def val_loader(root: str | Path, input_size: int, batch_size: int, workers: int = 1,
+               pin_memory: bool = False) -> DataLoader:
+    """Eval loader (Resize(size/0.875) + CenterCrop); under DDP rank ``r`` gets images ``r::world`` (no padding,
+    so summing correct counts over ranks gives the exact single-process accuracy)."""
+    ds = _image_folder(root, eval_transform(input_size))
+    rank, world = dist_info()
+    if world > 1:
+        ds = Subset(ds, list(range(rank, len(ds), world)))
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, worker_init_fn=seed_worker,
+                      pin_memory=pin_memory)

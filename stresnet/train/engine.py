@@ -1,0 +1,491 @@
+"""Fine-tune a compressed student with knowledge distillation from its uncompressed base.
+
+Single process (``python -m stresnet.train.engine ...`` or :func:`finetune`)
+or DDP under ``torchrun --nproc_per_node=N -m stresnet.train.engine ...``.
+
+Semantics worth knowing:
+
+* ``batch_size`` is **per process**: under DDP the global batch is
+  ``batch_size * world_size`` (gradients are averaged over ranks), and the
+  learning rate is used as given (not rescaled). To reproduce a
+  single-process run with ``N`` processes, divide ``batch_size`` by ``N``.
+* The learning rate follows timm's :class:`CosineLRScheduler` stepped **per
+  optimizer update**: linear warmup from ``lr * 0.01`` over
+  ``warmup_epochs * steps_per_epoch`` updates, then a cosine from ``lr`` to
+  ``min_lr`` ending at the last update. ``metrics.jsonl`` logs the lr of each
+  epoch's last update.
+* Determinism: data order and augmentation depend on ``(seed, epoch)`` only
+  (see :mod:`stresnet.train.data`); the global RNGs are seeded from ``seed``
+  (+ rank) at the start of a fresh run and their states (torch, numpy, python,
+  CUDA; per rank) are checkpointed. On CPU a run resumed from ``last.pt`` ends
+  with bitwise the same weights and metrics as an uninterrupted one; on GPU up
+  to cuDNN's non-deterministic kernels.
+* Each epoch: train, evaluate top-1/top-5 on ``val_dir`` (every rank
+  evaluates a shard, correct counts are summed), append one line to
+  ``metrics.jsonl``, then atomically replace ``last.pt`` (write ``.tmp``, fsync,
+  ``os.replace``). A kill at any moment loses at most the epoch in flight:
+  on resume ``metrics.jsonl`` is rewritten from the checkpoint, so each epoch
+  appears once. At the end ``model.safetensors`` holds the student's
+  state dict. Only rank 0 writes files.
+* BatchNorm under DDP uses per-rank batch statistics (rank 0's running
+  statistics are broadcast before each evaluation and checkpoint);
+  ``sync_bn=True`` switches to :class:`~torch.nn.SyncBatchNorm`, which
+  PyTorch supports on GPUs only.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from .data import TrainLoader, dist_info, val_loader
+from .distill import kd_loss
+
+__all__ = ["TrainConfig", "finetune", "build_models", "main"]
+
+log = logging.getLogger("stresnet.train")
+
+CKPT_FORMAT = "stresnet-train/1"
+# config fields that change the training trajectory: resuming with other values
+# warns and rebuilds the LR schedule from the new config.
+_TRAJECTORY = ("epochs", "lr", "min_lr", "weight_decay", "momentum", "batch_size", "input_size", "warmup_epochs",
+               "seed", "kd_T", "kd_alpha", "label_smoothing", "optimizer", "max_steps_per_epoch")
+# test hook: seconds to sleep after each optimizer step (makes kill -9 tests deterministic)
+_STEP_SLEEP_ENV = "STRESNET_TRAIN_STEP_SLEEP"
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning hyper-parameters. ``batch_size`` is per process (see the module docstring)."""
+
+    epochs: int = 10
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    input_size: int = 224
+    warmup_epochs: float = 1.0
+    seed: int = 0
+    kd_T: float = 4.0
+    kd_alpha: float = 0.5
+    label_smoothing: float = 0.1
+    optimizer: str = "sgd"  # 'sgd' (nesterov-free momentum) or 'adamw'; any timm optimizer name works
+    amp: bool | None = None  # None: on when training on CUDA (bf16 if supported, else fp16 + GradScaler)
+    channels_last: bool = False
+    workers: int = 1
+    log_every: int = 50
+    max_steps_per_epoch: int | None = None  # cap on updates per epoch (quick runs, tests)
+    eval_every: int = 1  # evaluate every N epochs (and always after the last)
+    min_lr: float = 0.0
+    momentum: float = 0.9
+    sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "input_size", "log_every", "eval_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        if not 0.0 <= self.kd_alpha <= 1.0:
+            raise ValueError(f"TrainConfig.kd_alpha must be in [0, 1], got {self.kd_alpha!r}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ValueError(f"TrainConfig.max_steps_per_epoch must be >= 1 or None, got {self.max_steps_per_epoch!r}")
+
+
+# ----------------------------------------------------------------------------- distributed set-up
+
+def _launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _setup_distributed() -> tuple[torch.device, bool]:
+    """Pick the device; init the process group when launched by torchrun. Returns (device, we_initialised)."""
+    cuda = torch.cuda.is_available()
+    ours = False
+    if _launched_by_torchrun() and not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        ours = True
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0)) if dist.is_initialized() else torch.cuda.current_device()
+        return torch.device("cuda", local), ours
+    return torch.device("cpu"), ours
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    if not dist.is_initialized():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"bit_generator": np_state["bit_generator"], "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "python": _py_state_to_plain(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _py_state_to_plain(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": n["bit_generator"],
+                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- files
+
+def _fsync_write(path: Path, write) -> None:
+    """Write via ``write(file)`` to ``path.tmp``, fsync, then atomically replace ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _write_metrics(path: Path, metrics: list[dict]) -> None:
+    _fsync_write(path, lambda f: f.write("".join(json.dumps(m) + "\n" for m in metrics).encode()))
+
+
+def _append_metrics(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _save_safetensors(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    blob = save(state, metadata={"format": "pt"})
+    _fsync_write(path, lambda f: f.write(blob))
+
+
+def _load_checkpoint(path: Path) -> dict:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
+        raise ValueError(f"checkpoint {path}: not a {CKPT_FORMAT} training checkpoint")
+    return ckpt
+
+
+# ----------------------------------------------------------------------------- train / eval
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, loader, device: torch.device, amp_dtype, channels_last: bool) -> tuple[float, float]:
+    was = model.training
+    model.eval()
+    c1 = c5 = n = 0
+    try:
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, amp_dtype):
+                out = model(x)
+            top = out.topk(min(5, out.shape[1]), dim=1).indices
+            c1 += (top[:, 0] == y).sum().item()
+            c5 += (top == y[:, None]).any(1).sum().item()
+            n += len(y)
+    finally:
+        model.train(was)
+    c1, c5, n = _all_reduce_sum([c1, c5, n], device)
+    return c1 / max(n, 1), c5 / max(n, 1)
+
+
+def _broadcast_buffers(model: nn.Module) -> None:
+    if dist.is_initialized():
+        for b in model.buffers():
+            dist.broadcast(b, 0)
+
+
+def finetune(student: nn.Module, teacher: nn.Module | None, train_dir: str | Path, val_dir: str | Path,
+             out_dir: str | Path, cfg: TrainConfig, resume: bool = False, progress: bool = True, *,
+             stop_after_epoch: int | None = None) -> dict:
+    """Fine-tune ``student`` (in place) with KD from ``teacher`` on an ImageFolder; see the module docstring.
+
+    ``resume=True`` continues from ``out_dir/last.pt`` when it exists (else
+    starts fresh). ``stop_after_epoch=k`` returns after epoch ``k`` has been
+    checkpointed (for time-limited jobs; resume later with the same config).
+    Returns ``{"val_top1", "val_top5", "epochs", "seconds", "metrics",
+    "finished", "world_size", "out_dir"}`` (accuracies as fractions; seconds
+    summed over the epochs of every run that contributed).
+    """
+    out_dir = Path(out_dir)
+    device, own_pg = _setup_distributed()
+    rank, world = dist_info()
+    main_rank = rank == 0
+    try:
+        return _finetune(student, teacher, train_dir, val_dir, out_dir, cfg, resume, progress and main_rank,
+                         stop_after_epoch, device, rank, world)
+    finally:
+        if own_pg and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainConfig, resume: bool, progress: bool,
+              stop_after_epoch, device: torch.device, rank: int, world: int) -> dict:
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+
+    main_rank = rank == 0
+    if main_rank:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, metrics_path = out_dir / "last.pt", out_dir / "metrics.jsonl"
+    cuda = device.type == "cuda"
+    amp = cfg.amp if cfg.amp is not None else cuda
+    amp_dtype = None
+    if amp and cuda:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    # data
+    train = TrainLoader(train_dir, cfg.input_size, cfg.batch_size, seed=cfg.seed, workers=cfg.workers, pin_memory=cuda)
+    val = val_loader(val_dir, cfg.input_size, cfg.batch_size, workers=cfg.workers, pin_memory=cuda)
+    steps = len(train) if cfg.max_steps_per_epoch is None else min(len(train), cfg.max_steps_per_epoch)
+    total = steps * cfg.epochs
+    warmup = min(int(round(cfg.warmup_epochs * steps)), total - 1)
+
+    # models
+    student.to(device=device, memory_format=memory_format)
+    if cfg.sync_bn and world > 1 and cuda:
+        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+    use_teacher = teacher is not None and cfg.kd_alpha > 0
+    if use_teacher:
+        teacher.to(device=device, memory_format=memory_format).eval().requires_grad_(False)
+    optimizer = create_optimizer_v2(student, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    **({"momentum": cfg.momentum} if cfg.optimizer.lower() in ("sgd", "momentum", "nesterov") else {}))
+
+    def make_scheduler():
+        return CosineLRScheduler(optimizer, t_initial=max(total - warmup, 1), lr_min=cfg.min_lr, warmup_t=warmup,
+                                 warmup_lr_init=cfg.lr * 0.01, warmup_prefix=True, t_in_epochs=False)
+
+    scheduler = make_scheduler()
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    # state
+    start_epoch, metrics = 0, []
+    ckpt = _load_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
+    if ckpt is not None:
+        student.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        changed = [k for k in _TRAJECTORY if ckpt["config"].get(k) != getattr(cfg, k)]
+        if changed:
+            log.warning("resuming %s with a different %s: the run will not match an uninterrupted one",
+                        ckpt_path, ", ".join(changed))
+            scheduler = make_scheduler()
+        else:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, metrics = int(ckpt["epoch"]), list(ckpt["metrics"])
+        rngs = ckpt["rng"]
+        _set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])
+        scheduler.step_update(start_epoch * steps)
+        if main_rank:
+            log.info("resumed from %s at epoch %d/%d", ckpt_path, start_epoch, cfg.epochs)
+    else:
+        _seed_everything(cfg.seed + rank)
+    if main_rank:
+        _write_metrics(metrics_path, metrics)  # drop rows of an epoch that was not checkpointed
+        if not (resume and ckpt is not None):
+            (out_dir / "model.safetensors").unlink(missing_ok=True)
+    del ckpt
+
+    model = student
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if cuda else None)
+
+    step_sleep = float(os.environ.get(_STEP_SLEEP_ENV, "0") or 0)
+    last_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
+    for epoch in range(start_epoch, last_epoch):
+        t0 = time.perf_counter()
+        model.train()
+        loss_sum, n_steps, lr = 0.0, 0, optimizer.param_groups[0]["lr"]
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False,
+                   dynamic_ncols=True)
+        for i, (x, y) in enumerate(train.epoch(epoch)):
+            if i >= steps:
+                break
+            x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            y = y.to(device, non_blocking=True)
+            with _autocast(device, amp_dtype):
+                t_logits = None
+                if use_teacher:
+                    with torch.no_grad():
+                        t_logits = teacher(x)
+                s_logits = model(x)
+            loss = kd_loss(s_logits, t_logits, y, T=cfg.kd_T, alpha=cfg.kd_alpha,
+                           label_smoothing=cfg.label_smoothing)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"epoch {epoch + 1} step {i + 1}: loss is {loss.item()}")
+            optimizer.zero_grad(set_to_none=True)
+            lr = optimizer.param_groups[0]["lr"]
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step_update(epoch * steps + i + 1)
+            loss_sum += loss.item()
+            n_steps += 1
+            bar.update(1)
+            if (i + 1) % cfg.log_every == 0:
+                bar.set_postfix(loss=f"{loss_sum / n_steps:.4f}", lr=f"{lr:.3g}")
+                if progress is False and rank == 0:
+                    log.info("epoch %d step %d/%d loss %.4f lr %.3g", epoch + 1, i + 1, steps, loss_sum / n_steps, lr)
+            if step_sleep:
+                time.sleep(step_sleep)
+        bar.close()
+        loss_sum, n_steps = _all_reduce_sum([loss_sum, n_steps], device)
+        _broadcast_buffers(student)
+        top1 = top5 = None
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            top1, top5 = _evaluate(student, val, device, amp_dtype, cfg.channels_last)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_steps, 1), "lr": lr, "val_top1": top1,
+               "val_top5": top5, "seconds": round(time.perf_counter() - t0, 3)}
+        metrics.append(row)
+        rngs = [None] * world
+        if world > 1:
+            dist.all_gather_object(rngs, _rng_state())
+        else:
+            rngs = [_rng_state()]
+        if rank == 0:
+            _append_metrics(metrics_path, row)
+            state = {"format": CKPT_FORMAT, "epoch": epoch + 1, "model": student.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "scaler": scaler.state_dict(), "rng": rngs, "metrics": metrics, "config": asdict(cfg),
+                     "world_size": world}
+            _fsync_write(ckpt_path, lambda f: torch.save(state, f))
+            log.info("epoch %d/%d: loss %.4f top1 %s top5 %s (%.1fs)", epoch + 1, cfg.epochs, row["train_loss"],
+                     top1, top5, row["seconds"])
+
+    done = len(metrics) >= cfg.epochs
+    if done and rank == 0:
+        _save_safetensors(student, out_dir / "model.safetensors")
+    if world > 1:
+        dist.barrier()
+    evaluated = [m for m in metrics if m["val_top1"] is not None]
+    return {
+        "val_top1": evaluated[-1]["val_top1"] if evaluated else None,
+        "val_top5": evaluated[-1]["val_top5"] if evaluated else None,
+        "epochs": len(metrics),
+        "seconds": round(sum(m["seconds"] for m in metrics), 3),
+        "metrics": metrics,
+        "finished": done,
+        "world_size": world,
+        "out_dir": str(out_dir),
+        "config": asdict(cfg),
+    }
+
+
+# ----------------------------------------------------------------------------- command line
+
+def build_models(model: str, num_classes: int | None = None, plan: str | Path | None = None,
+                 checkpoint: str | Path | None = None, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """``(student, teacher)``: the base (``model`` + ``checkpoint``) is the teacher; the student is the base
+    decomposed with ``plan`` (a copy of the base when there is no plan). Random init is seeded by ``seed``."""
+    from ..plan import Plan, compress
+    from ..resolve import model_from_name
+
+    torch.manual_seed(seed)
+    base = model_from_name(model, num_classes=num_classes, checkpoint=checkpoint)
+    student = copy.deepcopy(base)
+    if plan is not None:
+        student = compress(student, Plan.load(plan), init="decompose")
+    return student, base
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m stresnet.train.engine",
+                                description="KD fine-tuning of a compressed student (torchrun for DDP)")
+    p.add_argument("--train", type=Path, required=True, help="ImageFolder of training images")
+    p.add_argument("--val", type=Path, required=True, help="ImageFolder of validation images")
+    p.add_argument("--out", type=Path, required=True, help="output folder (metrics.jsonl, last.pt, model.safetensors)")
+    p.add_argument("--model", required=True, help="base: timm name, stresnet_<variant> or plan JSON")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--plan", type=Path, default=None, help="plan to decompose the base with (student)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="base weights (safetensors)")
+    p.add_argument("--no-teacher", action="store_true", help="plain fine-tuning (label-smoothed CE only)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when present")
+    p.add_argument("--no-progress", action="store_true")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        if f.name == "amp" or isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif f.name == "max_steps_per_epoch":
+            p.add_argument(flag, type=int, default=default)
+        else:
+            p.add_argument(flag, type=type(default), default=default)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    student, teacher = build_models(args.model, args.num_classes, args.plan, args.checkpoint, seed=cfg.seed)
+    summary = finetune(student, None if args.no_teacher else teacher, args.train, args.val, args.out, cfg,
+                       resume=args.resume, progress=not args.no_progress)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps({k: summary[k] for k in ("val_top1", "val_top5", "epochs", "seconds", "world_size")}))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
