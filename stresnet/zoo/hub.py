@@ -104,13 +104,13 @@ def install_to_cache(folder: Path, repo_id: str, cache_dir: Path | None = None) 
     """
     cache_dir = Path(cache_dir) if cache_dir else hf_cache_dir()
     repo = cache_dir / ("models--" + repo_id.replace("/", "--"))
-    files = sorted(p for p in Path(folder).iterdir() if p.is_file())
-    revision = hashlib.sha1(b"".join(sha256_of(p).encode() for p in files)).hexdigest()
+    digests = {p: sha256_of(p) for p in sorted(Path(folder).iterdir()) if p.is_file()}  # hash each file once
+    revision = hashlib.sha1("".join(digests.values()).encode()).hexdigest()
     snapshot = repo / "snapshots" / revision
     (repo / "blobs").mkdir(parents=True, exist_ok=True)
     snapshot.mkdir(parents=True, exist_ok=True)
-    for f in files:
-        blob = repo / "blobs" / sha256_of(f)
+    for f, digest in digests.items():
+        blob = repo / "blobs" / digest
         if not blob.exists():
             shutil.copyfile(f, blob.with_name(blob.name + ".tmp"))
             os.replace(blob.with_name(blob.name + ".tmp"), blob)
