@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .plan import PlanError
+from .recipe import RecipeError
 from .search.budgets import BudgetError
 from .search.ilp import InfeasibleBudget
 
@@ -172,6 +173,147 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_device(device: str) -> None:
+    """``cpu`` hides GPUs from this process (before CUDA starts); ``cuda`` insists on one."""
+    import os
+
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    elif device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RecipeError("--device cuda: no CUDA device is visible")
+
+
+def _cmd_recipe_run(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    from .recipe import command_line, load_recipe, run_recipe
+
+    if args.nproc > 1 and "RANK" not in os.environ:  # relaunch this very command under torchrun
+        import subprocess
+
+        argv = [a for a in sys.argv[1:]]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", "-m", "stresnet.cli",
+               *argv]
+        return subprocess.call(cmd)
+    _set_device(args.device)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    recipe = load_recipe(args.recipe, args.set)
+    argv = ["stresnet", "recipe", "run", str(args.recipe)] + [x for kv in args.set for x in ("--set", kv)]
+    results = run_recipe(recipe, out_root=args.out, results_path=args.results, resume=args.resume,
+                         progress=not args.quiet, command=command_line(argv))
+    final = results.get("final")
+    if final:
+        print(f"{recipe['name']}: top-1 {100 * final['top1']:.2f} % (base {100 * results['base']['top1']:.2f} %), "
+              f"params {final['params'] / 1e6:.3f} M ({final['compression']['params']:.2f}x smaller)")
+    for arm, row in results.get("arms", {}).items():
+        if row.get("final"):
+            print(f"{arm:>12}: top-1 {100 * row['final']['top1']:.2f} %, params {row['final']['params'] / 1e6:.3f} M")
+    return 0
+
+
+def _method_recipe(args: argparse.Namespace, stages: list[dict]) -> dict:
+    """An in-memory one-arm recipe for the method commands (``admm``, ``lrs``), run into ``--out``."""
+    base = {"model": args.model, "checkpoint": str(args.checkpoint) if args.checkpoint else None}
+    if args.num_classes:
+        base["num_classes"] = args.num_classes
+    return {"format": "stresnet-recipe/1", "name": args.out.name, "data": str(args.data), "input_size": args.input_size,
+            "base": base, "stages": stages, "_path": f"(command line: stresnet {args.command})"}
+
+
+def _train_fields(args: argparse.Namespace, prefix: str = "") -> dict:
+    out = {"lr": getattr(args, prefix + "lr"), "epochs": getattr(args, prefix + "epochs"), "batch_size": args.batch_size,
+           "seed": args.seed, "channels_last": args.channels_last, "warmup_epochs": args.warmup_epochs}
+    if args.max_steps_per_epoch:
+        out["max_steps_per_epoch"] = args.max_steps_per_epoch
+    return out
+
+
+def _run_method(args: argparse.Namespace, stages: list[dict]) -> int:
+    from .recipe import run_recipe
+
+    _set_device(args.device)
+    recipe = _method_recipe(args, stages)
+    results = run_recipe(recipe, out_root=args.out.parent, results_path=args.out / "results.json", resume=args.resume,
+                         progress=not args.quiet, command="stresnet " + " ".join(sys.argv[1:]))
+    rows = {s["id"]: s["result"] for s in results["stages"]}
+    decomposed = rows.get("decompose", {})
+    if "base_zero_shot_top1" in decomposed:
+        print(f"zero-shot top-1 after decomposition: {100 * decomposed['zero_shot_top1']:.2f} % "
+              f"(decomposing the original base: {100 * decomposed['base_zero_shot_top1']:.2f} %)")
+    final = results["final"]
+    print(f"final top-1 {100 * final['top1']:.2f} % at {final['params'] / 1e6:.3f} M params; wrote {args.out}")
+    return 0
+
+
+def _cmd_admm(args: argparse.Namespace) -> int:
+    admm = {**_train_fields(args), "rho": args.rho, "updates_per_epoch": args.updates_per_epoch}
+    return _run_method(args, [{"plan": {"file": str(args.plan.resolve())}}, {"admm": admm},
+                              {"decompose": {"compare_base": True}},
+                              {"finetune": _train_fields(args, "finetune_")}, {"eval": {}}])
+
+
+def _cmd_lrs(args: argparse.Namespace) -> int:
+    lrs = {"method": args.method, **({"fraction": args.fraction} if args.fraction is not None else {})}
+    ft = {**_train_fields(args), "sparsity": {"update_every": args.update_every, "end": args.prune_end}}
+    return _run_method(args, [{"plan": {"file": str(args.plan.resolve())}}, {"lrs_plan": lrs}, {"decompose": {}},
+                              {"finetune": ft}, {"eval": {}}])
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .train.engine import main as engine_main
+
+    _set_device(args.device)
+    engine_main(args.engine_args)
+    return 0
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    import timm
+
+    from .plan import load_weights
+    from .zoo.hub import publish_run, push
+
+    results = json.loads(Path(args.results).read_text()) if args.results else {}
+    if "final" not in results:
+        raise RecipeError(f"publish: {args.results} has no final eval (run the recipe to the end first)")
+    arch = args.name.split(".")[0]
+    model = timm.create_model(arch, num_classes=results.get("config", {}).get("base", {}).get("num_classes", 1000))
+    load_weights(model, args.weights)
+    record = publish_run(model, args.name, args.out, results["final"], results.get("command", str(args.results)),
+                         register_weights=not args.no_register, install_cache=not args.no_install)
+    print(f"published {args.name} to {record['folder']} (sha256 {record['sha256'][:12]}...)")
+    if args.push:
+        if not args.repo_id:
+            raise RecipeError("publish: --push needs --repo-id")
+        print(push(Path(record["folder"]), args.repo_id))
+    return 0
+
+
+def _add_method_args(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by ``admm`` and ``lrs``: base, data, plan, output and fine-tuning budget."""
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--checkpoint", type=Path, required=True, help="base weights (safetensors)")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--data", type=Path, required=True, help="ImageFolder root with train/ and val/")
+    p.add_argument("--plan", type=Path, required=True, help="target Tucker-2 / TT plan (e.g. from stresnet search)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (stage folders + results.json)")
+    p.add_argument("--input-size", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--warmup-epochs", type=float, default=0.2)
+    p.add_argument("--max-steps-per-epoch", type=int, default=None)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
+
 def _add_search_args(p: argparse.ArgumentParser) -> None:
     """Arguments shared by the commands that build a search space from a base and a data folder."""
     p.add_argument("--model", default="resnet18")
@@ -278,6 +420,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--out", type=Path, default=None)
     p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("recipe", help="run a recipe (YAML): base -> search/admm/lrs -> decompose -> fine-tune -> eval -> publish")
+    rsub = p.add_subparsers(dest="recipe_command", required=True)
+    r = rsub.add_parser("run", help="run (or --resume) every stage of a recipe")
+    r.add_argument("recipe", type=Path)
+    r.add_argument("--resume", action="store_true", help="skip finished stages, continue a killed fine-tune")
+    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    r.add_argument("--nproc", type=int, default=1, help="processes (GPUs) per node: relaunches under torchrun")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set data=/data/imagenet")
+    r.add_argument("--out", type=Path, default=None, help="runs folder (default <repo>/runs)")
+    r.add_argument("--results", type=Path, default=None, help="results JSON (default recipes/results/<name>.json)")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=_cmd_recipe_run)
+
+    p = sub.add_parser("finetune", help="KD fine-tune of a decomposed base (all options: stresnet finetune -- --help)",
+                       add_help=False)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("engine_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("admm", help="ADMM rank-constrained training towards a plan, decompose, fine-tune, eval")
+    _add_method_args(p)
+    p.add_argument("--rho", type=float, default=1e-3)
+    p.add_argument("--updates-per-epoch", type=int, default=1)
+    p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--finetune-lr", type=float, default=0.01)
+    p.set_defaults(func=_cmd_admm)
+
+    p = sub.add_parser("lrs", help="low-rank + sparse (or magnitude pruning) at a Tucker-2 plan's params, fine-tuned")
+    _add_method_args(p)
+    p.add_argument("--method", choices=("lrs", "prune"), default="lrs")
+    p.add_argument("--fraction", type=float, default=None, help="sparse share of each layer's budget (default: tuned)")
+    p.add_argument("--update-every", type=int, default=10, help="steps between mask updates")
+    p.add_argument("--prune-end", type=float, default=0.5, help="fraction of training at which the target density is reached")
+    p.set_defaults(func=_cmd_lrs)
+
+    p = sub.add_parser("publish", help="Hub-ready folder + card from a recipe's weights and results; cache, registry, push")
+    p.add_argument("name", help="zoo name arch.tag, e.g. stresnet18_8x.imagenette")
+    p.add_argument("--weights", type=Path, required=True)
+    p.add_argument("--results", type=Path, required=True, help="the recipe's results JSON (its final eval is quoted)")
+    p.add_argument("--out", type=Path, default=Path("runs/publish"))
+    p.add_argument("--no-register", action="store_true", help="do not record the sha256 in the zoo registry")
+    p.add_argument("--no-install", action="store_true", help="do not install into the local Hugging Face cache")
+    p.add_argument("--push", action="store_true", help="upload with huggingface_hub (needs network and a token)")
+    p.add_argument("--repo-id", default=None)
+    p.set_defaults(func=_cmd_publish)
     return parser
 
 
@@ -286,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (PlanError, BudgetError, InfeasibleBudget, FileNotFoundError) as e:  # bad input: one line, no traceback
+    except (PlanError, BudgetError, InfeasibleBudget, RecipeError, FileNotFoundError) as e:  # bad input: one line, no traceback
         print(f"stresnet: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

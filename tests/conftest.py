@@ -26,3 +26,24 @@ def shared() -> Path:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+TREE_CLASSES, TREE_TRAIN, TREE_VAL = 3, 12, 4
+
+
+@pytest.fixture(scope="session")
+def tree(tmp_path_factory) -> Path:
+    """A tiny ImageFolder: 3 classes x 12 train / 4 val random 40x40 PNGs whose mean colour depends on the class."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", TREE_TRAIN), ("val", TREE_VAL)):
+        for c in range(TREE_CLASSES):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                img = rng.normal(110 + 20 * c, 50, size=(40, 40, 3)).clip(0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / f"{i}.png")
+    return root

@@ -68,22 +68,6 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("imgs")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", N_TRAIN), ("val", N_VAL)):
-        for c in range(CLASSES):
-            d = root / split / f"class{c}"
-            d.mkdir(parents=True)
-            for i in range(n):
-                img = rng.normal(110 + 20 * c, 50, size=(40, 40, 3)).clip(0, 255).astype(np.uint8)
-                Image.fromarray(img).save(d / f"{i}.png")
-    return root
-
-
 # ----------------------------------------------------------------------------- (1) loss
 
 def test_kd_loss_matches_hand_computation():

@@ -56,7 +56,7 @@ from tqdm import tqdm
 from .data import TrainLoader, dist_info, val_loader
 from .distill import kd_loss
 
-__all__ = ["TrainConfig", "finetune", "build_models", "main"]
+__all__ = ["TrainConfig", "TrainHook", "finetune", "build_models", "main"]
 
 log = logging.getLogger("stresnet.train")
 
@@ -102,6 +102,35 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.kd_alpha must be in [0, 1], got {self.kd_alpha!r}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ValueError(f"TrainConfig.max_steps_per_epoch must be >= 1 or None, got {self.max_steps_per_epoch!r}")
+
+
+class TrainHook:
+    """Extension point for methods that change training (ADMM, sparsity schedules): override what you need.
+
+    Hooks run on every rank in the same order. ``state_dict`` goes into each
+    checkpoint so that a resumed run continues with the hook's state (ADMM's
+    ``Z`` and ``U``, for instance); masks and other module buffers are saved
+    with the model already.
+    """
+
+    def on_train_start(self, model: nn.Module, steps_per_epoch: int, total_steps: int) -> None:
+        """Called once (fresh or resumed run) before the first epoch that runs."""
+
+    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
+        """Called before each epoch's first step (``epoch`` counts from 0)."""
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        """A term added to the training loss of each step (``None``: nothing)."""
+        return None
+
+    def on_step_end(self, model: nn.Module, step: int) -> None:
+        """Called after each optimizer update; ``step`` is the global update count (from 1)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
 
 
 # ----------------------------------------------------------------------------- distributed set-up
@@ -258,12 +287,13 @@ def _broadcast_buffers(model: nn.Module) -> None:
 
 def finetune(student: nn.Module, teacher: nn.Module | None, train_dir: str | Path, val_dir: str | Path,
              out_dir: str | Path, cfg: TrainConfig, resume: bool = False, progress: bool = True, *,
-             stop_after_epoch: int | None = None) -> dict:
+             stop_after_epoch: int | None = None, hooks: list[TrainHook] | tuple[TrainHook, ...] = ()) -> dict:
     """Fine-tune ``student`` (in place) with KD from ``teacher`` on an ImageFolder; see the module docstring.
 
     ``resume=True`` continues from ``out_dir/last.pt`` when it exists (else
     starts fresh). ``stop_after_epoch=k`` returns after epoch ``k`` has been
     checkpointed (for time-limited jobs; resume later with the same config).
+    ``hooks`` (:class:`TrainHook`) add loss terms or act between steps.
     Returns ``{"val_top1", "val_top5", "epochs", "seconds", "metrics",
     "finished", "world_size", "out_dir"}`` (accuracies as fractions; seconds
     summed over the epochs of every run that contributed).
@@ -274,14 +304,14 @@ def finetune(student: nn.Module, teacher: nn.Module | None, train_dir: str | Pat
     main_rank = rank == 0
     try:
         return _finetune(student, teacher, train_dir, val_dir, out_dir, cfg, resume, progress and main_rank,
-                         stop_after_epoch, device, rank, world)
+                         stop_after_epoch, device, rank, world, tuple(hooks))
     finally:
         if own_pg and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainConfig, resume: bool, progress: bool,
-              stop_after_epoch, device: torch.device, rank: int, world: int) -> dict:
+              stop_after_epoch, device: torch.device, rank: int, world: int, hooks: tuple = ()) -> dict:
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
 
@@ -335,6 +365,8 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
             scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         start_epoch, metrics = int(ckpt["epoch"]), list(ckpt["metrics"])
+        for hook, state in zip(hooks, ckpt.get("hooks", [])):
+            hook.load_state_dict(state)
         rngs = ckpt["rng"]
         _set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])
         scheduler.step_update(start_epoch * steps)
@@ -354,10 +386,15 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
 
     step_sleep = float(os.environ.get(_STEP_SLEEP_ENV, "0") or 0)
     last_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
+    if start_epoch < last_epoch:
+        for hook in hooks:
+            hook.on_train_start(student, steps, total)
     for epoch in range(start_epoch, last_epoch):
         t0 = time.perf_counter()
         model.train()
         loss_sum, n_steps, lr = 0.0, 0, optimizer.param_groups[0]["lr"]
+        for hook in hooks:
+            hook.on_epoch_start(student, epoch)
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False,
                    dynamic_ncols=True)
         for i, (x, y) in enumerate(train.epoch(epoch)):
@@ -373,6 +410,10 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
                 s_logits = model(x)
             loss = kd_loss(s_logits, t_logits, y, T=cfg.kd_T, alpha=cfg.kd_alpha,
                            label_smoothing=cfg.label_smoothing)
+            for hook in hooks:
+                extra = hook.extra_loss(student)
+                if extra is not None:
+                    loss = loss + extra
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"epoch {epoch + 1} step {i + 1}: loss is {loss.item()}")
             optimizer.zero_grad(set_to_none=True)
@@ -381,6 +422,8 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
             scaler.step(optimizer)
             scaler.update()
             scheduler.step_update(epoch * steps + i + 1)
+            for hook in hooks:
+                hook.on_step_end(student, epoch * steps + i + 1)
             loss_sum += loss.item()
             n_steps += 1
             bar.update(1)
@@ -409,7 +452,7 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
             state = {"format": CKPT_FORMAT, "epoch": epoch + 1, "model": student.state_dict(),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "scaler": scaler.state_dict(), "rng": rngs, "metrics": metrics, "config": asdict(cfg),
-                     "world_size": world}
+                     "world_size": world, "hooks": [hook.state_dict() for hook in hooks]}
             _fsync_write(ckpt_path, lambda f: torch.save(state, f))
             log.info("epoch %d/%d: loss %.4f top1 %s top5 %s (%.1fs)", epoch + 1, cfg.epochs, row["train_loss"],
                      top1, top5, row["seconds"])
@@ -483,6 +526,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary = finetune(student, None if args.no_teacher else teacher, args.train, args.val, args.out, cfg,
                        resume=args.resume, progress=not args.no_progress)
     if int(os.environ.get("RANK", 0)) == 0:
+        if args.plan is not None:  # the weights travel with the plan that builds their architecture
+            (args.out / "plan.json").write_text(Path(args.plan).read_text())
         print(json.dumps({k: summary[k] for k in ("val_top1", "val_top5", "epochs", "seconds", "world_size")}))
     return summary
 

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 from safetensors.torch import save_file
 from torch import nn
 
-from ..plan import Plan, plan_of
+from ..plan import Plan, PlanError, plan_of
 from .models import WEIGHTS_FILENAME, default_cfgs, registry_path, sha256_of
 
 
@@ -130,3 +130,33 @@ def push(folder: Path, repo_id: str, private: bool = False) -> str:
     api = HfApi()
     api.create_repo(repo_id, exist_ok=True, private=private)
     return str(api.upload_folder(repo_id=repo_id, folder_path=str(folder)))
+
+
+def publish_run(model: nn.Module, name: str, out_root: Path, metrics: Mapping[str, Any], recipe: str,
+                register_weights: bool = True, install_cache: bool = True, cache_dir: Path | None = None) -> dict:
+    """Publish a recipe's final model as ``arch.tag``: folder + card, sha256 registry, local Hub cache.
+
+    ``metrics`` is the recipe's final eval row (measured top-1, params, ...); the
+    card quotes exactly these numbers and ``recipe`` (the command that made them).
+    """
+    from ..cost import profile
+    from .cards import model_card
+    from .models import default_cfgs
+
+    arch, _, tag = name.partition(".")
+    if arch not in default_cfgs or tag not in default_cfgs[arch].cfgs:
+        raise PlanError(f"publish: {name!r} is not a registered zoo name (arch.tag, e.g. stresnet18_8x.imagenette)")
+    cfg = default_cfgs[arch].cfgs[tag]
+    keep = ("top1", "top5", "params", "macs", "flash_bytes", "peak_ram_bytes", "images", "compression",
+            "top1_drop_points")
+    metrics = {k: metrics[k] for k in keep if k in metrics}
+    folder = Path(out_root) / name
+    record = publish(model, name, folder, metrics, recipe)
+    prof = {**profile(model, cfg.input_size).to_dict(), "input_size": list(cfg.input_size)}
+    _atomic_write(folder / "README.md", model_card(name, prof, record).encode())
+    if register_weights:
+        register(name, record)
+    result = {"name": name, "folder": str(folder), **record}
+    if install_cache:
+        result["cache_snapshot"] = str(install_to_cache(folder, record["hf_hub_id"], cache_dir))
+    return result

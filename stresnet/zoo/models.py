@@ -57,8 +57,8 @@ def weights_registry() -> dict[str, dict]:
 
 def recipe_command(name: str) -> str:
     """The command that regenerates (and installs) the weights of ``arch.tag``."""
-    arch = name.split(".")[0]
-    return f"stresnet recipe run recipes/{arch}.yaml --publish"
+    arch, _, tag = name.partition(".")
+    return f"stresnet recipe run recipes/{arch}{'' if tag in ('', 'imagenette') else '_' + tag}.yaml"
 
 
 def sha256_of(path: str | Path) -> str:

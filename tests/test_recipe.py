@@ -1,0 +1,150 @@
+"""Recipes as users run them: YAML -> stages -> results JSON, resume, refusals, every shipped recipe parses.
+
+The chain runs on the tiny ImageFolder of ``conftest.tree`` with timm
+``resnet18`` (3 classes) at 32 px on one thread: base training from random
+init, CompressNAS search, decomposition, KD fine-tune, eval.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from stresnet.recipe import RecipeError, load_recipe, run_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = {"epochs": 1, "batch_size": 8, "lr": 0.01, "warmup_epochs": 0.5, "workers": 0, "seed": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _write(tmp_path: Path, recipe: dict, name: str = "r.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def _chain(tree: Path) -> dict:
+    return {"format": "stresnet-recipe/1", "name": "tiny", "data": str(tree), "input_size": 32,
+            "base": {"model": "resnet18", "num_classes": 3},
+            "stages": [{"train_base": {**TRAIN, "lr": 0.05, "kd_alpha": 0.0}},
+                       {"search": {"budget": "4x", "step": 16, "calib": 12}},
+                       {"decompose": {}},
+                       {"finetune": dict(TRAIN)},
+                       {"eval": {}}]}
+
+
+@pytest.fixture(scope="module")
+def chain(tree, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("recipe")
+    path = _write(tmp, _chain(tree))
+    results = run_recipe(load_recipe(path), out_root=tmp / "runs", results_path=tmp / "results.json",
+                         progress=False, log=lambda _: None)
+    return tmp, path, results
+
+
+def test_chain_runs_every_stage_and_writes_results(chain):
+    tmp, _, results = chain
+    assert [s["type"] for s in results["stages"]] == ["train_base", "search", "decompose", "finetune", "eval"]
+    on_disk = json.loads((tmp / "results.json").read_text())
+    assert on_disk["final"] == results["final"]
+    final, base = results["final"], results["base"]
+    # the 4x search really compressed the trained base, and eval measured both on the same val split
+    assert final["params"] < base["params"] / 3
+    assert final["compression"]["params"] == pytest.approx(base["params"] / final["params"])
+    assert final["images"] == base["images"] == 12
+    # the fine-tune started from the decomposition of the base trained in stage 1, and saved its plan with it
+    ft = tmp / "runs" / "tiny" / "finetune"
+    assert (ft / "model.safetensors").is_file() and (ft / "plan.json").is_file()
+    assert json.loads((ft / "plan.json").read_text())["layers"]
+    assert results["stages"][0]["result"]["epochs"] == 1
+
+
+def test_rerun_refuses_to_overwrite_and_resume_skips_finished_stages(chain):
+    tmp, path, results = chain
+    with pytest.raises(RecipeError, match="--resume"):
+        run_recipe(load_recipe(path), out_root=tmp / "runs", results_path=tmp / "again.json", progress=False,
+                   log=lambda _: None)
+    said: list[str] = []
+    again = run_recipe(load_recipe(path), out_root=tmp / "runs", results_path=tmp / "again.json", resume=True,
+                       progress=False, log=said.append)
+    assert sum("skipped" in line for line in said) == 5
+    assert again["final"] == results["final"]
+
+
+def test_a_killed_finetune_stage_continues_on_resume(chain, tree, tmp_path):
+    """Delete the fine-tune's stage.json (as if killed after its last checkpoint): resume re-enters the engine,
+    which finds the finished epoch in last.pt and does not train again."""
+    tmp, path, results = chain
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(tmp / "runs", runs)
+    (runs / "tiny" / "finetune" / "stage.json").unlink()
+    (runs / "tiny" / "eval" / "stage.json").unlink()
+    again = run_recipe(load_recipe(path), out_root=runs, results_path=tmp_path / "r.json", resume=True,
+                       progress=False, log=lambda _: None)
+    ft = [s["result"] for s in again["stages"] if s["type"] == "finetune"][0]
+    assert ft["val_top1"] == [s["result"] for s in results["stages"] if s["type"] == "finetune"][0]["val_top1"]
+    assert again["final"]["top1"] == results["final"]["top1"]
+
+
+def test_overrides_and_variables(tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("TINY_DATA", str(tree))
+    recipe = _chain(tree)
+    recipe["data"] = "${env:TINY_DATA}"
+    path = _write(tmp_path, recipe)
+    loaded = load_recipe(path, ["input_size=48", "base.num_classes=5"])
+    assert loaded["data"] == str(tree) and loaded["input_size"] == 48 and loaded["base"]["num_classes"] == 5
+    monkeypatch.delenv("TINY_DATA")
+    with pytest.raises(RecipeError, match="TINY_DATA"):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["stages"].append({"distill": {}}), "unknown stage 'distill'"),
+    (lambda r: r["stages"][3]["finetune"].update(epoch=3), "unknown training option 'epoch'"),
+    (lambda r: r["stages"][3]["finetune"].update(epochs=0), "epochs must be >= 1"),
+    (lambda r: r.pop("data"), "missing required field 'data'"),
+    (lambda r: r["stages"].append({"eval": {}}), "stage id 'eval' used twice"),
+])
+def test_bad_recipes_fail_with_one_line_naming_the_field(tree, tmp_path, edit, message):
+    recipe = _chain(tree)
+    edit(recipe)
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(_write(tmp_path, recipe))
+
+
+def test_stage_order_errors_name_the_stage(tree, tmp_path):
+    recipe = _chain(tree)
+    recipe["stages"] = [{"finetune": dict(TRAIN)}]
+    with pytest.raises(RecipeError, match="stage finetune: needs the compressed model"):
+        run_recipe(load_recipe(_write(tmp_path, recipe)), out_root=tmp_path / "runs",
+                   results_path=tmp_path / "x.json", progress=False, log=lambda _: None)
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndata: /nowhere\nbase: {model: resnet18}\nstages:\n  - finetune: {epochs: two}\n")
+    proc = subprocess.run([sys.executable, "-m", "stresnet.cli", "recipe", "run", str(bad)], capture_output=True,
+                          text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "finetune" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_loads(path, monkeypatch):
+    monkeypatch.setenv("IMAGENET_ROOT", "/data/imagenet")
+    recipe = load_recipe(path)
+    assert recipe["name"] == path.stem  # results land in recipes/results/<file stem>.json
