@@ -282,28 +282,61 @@ class LowRankLinear(nn.Sequential):
 
 
 class MaskedConv2d(nn.Conv2d):
-    """A plain conv whose kernel is multiplied by a fixed 0/1 ``mask`` buffer (the sparse part).
+    """A plain conv whose kernel is multiplied by a 0/1 ``mask`` buffer: a sparse conv.
 
     Stored as an ordinary ``weight`` plus ``mask`` in the state dict; the cost
     model counts only the kept entries, with their indices (see ``stresnet.cost``).
+    Only ``weight * mask`` reaches the output, so ``weight`` may hold values at
+    masked positions: :meth:`from_conv` keeps the whole dense kernel there, so
+    that a gradual pruning schedule (:class:`stresnet.train.sparsity.GradualSparsityHook`)
+    can start from the dense layer; the hook zeroes what it prunes.
+
+    ``density`` is the *target* density (``target_density``, reported by
+    :meth:`spec`: the plan value); the current density of the mask is
+    :attr:`density`. Standalone, it is the ``sparse`` plan spec (magnitude
+    pruning); inside a :class:`LowRankSparseConv2d` it is the sparse residual.
     """
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    spec_type = "sparse"
+
+    def __init__(self, *args: object, density: float = 1.0, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.register_buffer("mask", torch.ones_like(self.weight))
+        self.target_density = float(density)
 
     @property
     def density(self) -> float:
+        """The current fraction of kept entries of the mask."""
         return float(self.mask.mean())
+
+    def spec(self) -> dict:
+        return {"type": "sparse", "density": self.target_density}
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.weight * self.mask, self.bias)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, density: float, **_: object) -> "MaskedConv2d":
+        """Magnitude pruning of a trained conv: the mask keeps the ``density`` largest ``|w|``.
+
+        ``weight`` keeps the whole dense kernel (see the class docstring); the
+        layer computes ``weight * mask``. Grouped convs are allowed.
+        """
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                    padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+                    bias=conv.bias is not None, padding_mode=conv.padding_mode, density=density)
+        layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(conv.weight)
+            layer.mask.copy_(_topk_mask(conv.weight.detach(), density))
+            _copy_bias(layer, conv)
+        return layer
 
 
 def _topk_mask(values: Tensor, density: float) -> Tensor:
     """Keep the ``density`` fraction of entries with the largest magnitude (ties broken by index)."""
     keep = int(round(density * values.numel()))
-    mask = torch.zeros(values.numel(), dtype=values.dtype)
+    mask = torch.zeros(values.numel(), dtype=values.dtype, device=values.device)
     if keep > 0:
         idx = torch.argsort(values.abs().flatten(), descending=True, stable=True)[:keep]
         mask[idx] = 1
@@ -314,8 +347,12 @@ class LowRankSparseConv2d(nn.Module):
     """Low-rank + sparse conv: a Tucker-2 part (coarse structure) plus a masked sparse residual conv.
 
     Hawkins et al. (2021): ``W = L + S`` with ``L`` low-rank and ``S`` sparse. At
-    initialisation ``S`` keeps the ``density`` largest-magnitude entries of
-    ``W - L``; the mask stays fixed during fine-tuning.
+    initialisation the mask of ``S`` keeps the ``density`` largest-magnitude
+    entries of ``W - L``, and ``S.weight`` holds the whole residual ``W - L``
+    (only ``weight * mask`` is used), so that a gradual schedule
+    (:class:`stresnet.train.sparsity.GradualSparsityHook`) can start from
+    ``L + (W - L) = W`` exactly. Without a hook the mask stays fixed during
+    fine-tuning.
     """
 
     spec_type = "lrs"
@@ -328,7 +365,7 @@ class LowRankSparseConv2d(nn.Module):
         geometry = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
                         padding_mode=padding_mode)
         self.lowrank = Tucker2Conv2d(in_channels, out_channels, ranks, bias=bias, **geometry)
-        self.sparse = MaskedConv2d(in_channels, out_channels, bias=False, **geometry)
+        self.sparse = MaskedConv2d(in_channels, out_channels, bias=False, density=density, **geometry)
         self.target_density = float(density)
 
     def spec(self) -> dict:
@@ -347,10 +384,12 @@ class LowRankSparseConv2d(nn.Module):
         residual = conv.weight.detach() - dec.tucker2_to_tensor(core.detach(), (u_out.detach(), u_in.detach()))
         with torch.no_grad():
             layer.sparse.mask.copy_(_topk_mask(residual, density))
-            layer.sparse.weight.copy_(residual * layer.sparse.mask)
+            layer.sparse.weight.copy_(residual)  # the full residual; the mask selects (see the docstring)
         return layer
 
 
+# The modules that carry a plan spec (``plan_of`` reports the outermost one: the
+# Tucker-2 and masked parts of a LowRankSparseConv2d are not layers of their own).
 FACTORISED_TYPES: tuple[type[nn.Module], ...] = (
-    Tucker2Conv2d, TT5Conv2d, LowRankConv2d, LowRankLinear, LowRankSparseConv2d,
+    Tucker2Conv2d, TT5Conv2d, LowRankConv2d, LowRankLinear, LowRankSparseConv2d, MaskedConv2d,
 )

@@ -12,8 +12,15 @@ A plan maps module names to a factorisation spec::
 Specs: ``full`` (leave it; the default for unlisted modules), ``tucker2`` with
 ``ranks = [r_out, r_in]`` (kernel mode order), ``tt`` with ``ranks = [r1, r2]``
 (3-core layout) or ``[r1, r2, r3, r4]`` plus ``factors = [[o1, o2], [i1, i2]]``
-(5-core layout), ``svd`` with ``rank`` (conv or linear), and ``lrs`` with
-``ranks`` and ``density`` (Tucker-2 plus a sparse residual).
+(5-core layout), ``svd`` with ``rank`` (conv or linear), ``lrs`` with
+``ranks`` and ``density`` (Tucker-2 plus a sparse residual), and ``sparse``
+with ``density`` (a conv, grouped ones included, pruned by weight magnitude:
+:class:`~stresnet.layers.MaskedConv2d`). Densities are in ``(0, 1]``: the
+fraction of the kernel's entries kept (``round(density * numel)`` of them).
+``init="decompose"`` keeps the largest-magnitude entries of the kernel
+(``sparse``) or of its Tucker-2 residual (``lrs``); ``init="random"`` applies
+the same magnitude rule to the random kernel of a ``sparse`` layer, so its cost
+is right before a checkpoint is loaded (the mask is a buffer: loading replaces it).
 
 :func:`compress` applies a plan to any ``nn.Module`` (timm, torchvision,
 ultralytics); :func:`plan_of` reads it back from a model; :func:`build`
@@ -48,7 +55,7 @@ __all__ = [
 ]
 
 PLAN_FORMAT = "stresnet-plan/1"
-SPEC_TYPES = ("full", "tucker2", "tt", "svd", "lrs")
+SPEC_TYPES = ("full", "tucker2", "tt", "svd", "lrs", "sparse")
 Init = Literal["decompose", "random"]
 
 
@@ -150,11 +157,11 @@ def _check_spec_syntax(name: str, spec: Any) -> None:
             raise PlanError(f"layer {name!r}: 5-core tt needs factors [[o1, o2], [i1, i2]], got {spec.get('factors')!r}")
     if kind == "svd":
         ranks = [spec.get("rank")]
-    if kind != "full":
+    if kind not in ("full", "sparse"):
         for r in ranks:
             if not _is_int(r) or r <= 0:
                 raise PlanError(f"layer {name!r}: rank {r!r} must be a positive integer")
-    if kind == "lrs":
+    if kind in ("lrs", "sparse"):
         d = spec.get("density")
         if not isinstance(d, (int, float)) or isinstance(d, bool) or not 0 < d <= 1:
             raise PlanError(f"layer {name!r}: density {d!r} must be in (0, 1]")
@@ -200,6 +207,8 @@ def _check_spec_on_module(name: str, module: nn.Module | None, spec: Mapping[str
     if type(module) not in allowed:
         raise PlanError(f"layer {name!r}: is a {type(module).__name__}, {kind} needs "
                         + " or ".join(t.__name__ for t in allowed))
+    if kind == "sparse":
+        return  # any plain conv, grouped ones included; no ranks
     if isinstance(module, nn.Conv2d) and module.groups != 1:
         raise PlanError(f"layer {name!r}: grouped conv (groups={module.groups}) cannot be factorised")
     try:
@@ -222,6 +231,16 @@ def validate(model: nn.Module, plan: Plan) -> None:
 def _factorise(module: nn.Module, spec: Mapping[str, Any], init: Init, bases: dec.ModeBases | None) -> nn.Module:
     """Build the factorised replacement of ``module`` for ``spec``."""
     kind = spec["type"]
+    if kind == "sparse":
+        if init == "decompose":
+            return L.MaskedConv2d.from_conv(module, spec["density"])
+        layer = L.MaskedConv2d(module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
+                               padding=module.padding, dilation=module.dilation, groups=module.groups,
+                               bias=module.bias is not None, padding_mode=module.padding_mode,
+                               density=spec["density"])
+        with torch.no_grad():
+            layer.mask.copy_(L._topk_mask(layer.weight, spec["density"]))
+        return layer
     if isinstance(module, nn.Linear):
         if init == "decompose":
             return L.LowRankLinear.from_linear(module, spec["rank"])
@@ -293,7 +312,7 @@ def plan_of(model: nn.Module) -> Plan:
     for name, module in model.named_modules():
         if isinstance(module, L.FACTORISED_TYPES) and hasattr(module, "spec"):
             if any(name.startswith(p + ".") for p in layers):
-                continue  # the Tucker-2 part inside a low-rank+sparse layer
+                continue  # the Tucker-2 or masked part inside a low-rank+sparse layer
             layers[name] = module.spec()
     return Plan(layers=layers, surgery=copy.deepcopy(getattr(model, "stresnet_surgery", {})))
 

@@ -21,6 +21,14 @@ PLAN = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def base() -> torch.nn.Module:
     torch.manual_seed(0)
@@ -58,6 +66,36 @@ def test_compressed_model_stays_close_to_base_and_smaller(base: torch.nn.Module)
     assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in base.parameters())
 
 
+SPARSE_PLAN = {"layers": {"layer1.0.conv2": {"type": "sparse", "density": 0.25},
+                          "layer2.0.downsample.0": {"type": "sparse", "density": 0.5},
+                          "layer3.0.conv1": {"type": "lrs", "ranks": [32, 32], "density": 0.05}}}
+
+
+def test_sparse_spec_round_trip(base: torch.nn.Module, tmp_path: Path) -> None:
+    from stresnet.layers import LowRankSparseConv2d, MaskedConv2d
+
+    plan = Plan.from_dict(SPARSE_PLAN)
+    plan.save(tmp_path / "p.json")
+    assert Plan.load(tmp_path / "p.json").to_dict() == plan.to_dict()
+    model = compress(copy.deepcopy(base), plan).eval()
+    # the masked part inside the lrs layer is not a layer of its own
+    assert plan_of(model).layers == plan.layers
+    layer = model.layer1[0].conv2
+    assert type(layer) is MaskedConv2d and int(layer.mask.sum()) == round(0.25 * layer.weight.numel())
+    w = layer.weight.detach().abs()
+    assert float(w[layer.mask.bool()].min()) >= float(w[~layer.mask.bool()].max())  # magnitude top-k
+    assert torch.equal(layer.weight, base.layer1[0].conv2.weight)  # the dense kernel, for a gradual schedule
+    assert isinstance(model.layer3[0].conv1, LowRankSparseConv2d)
+    # the random-init architecture has the same plan and masks of the right size, and loads the weights
+    rebuilt = compress(copy.deepcopy(base), plan, init="random")
+    assert plan_of(rebuilt).layers == plan.layers
+    assert int(rebuilt.layer1[0].conv2.mask.sum()) == int(layer.mask.sum())
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.eval()(x), model(x), atol=1e-5)
+
+
 def test_surgery_plan_builds_and_reads_back() -> None:
     plan = Plan.from_dict({**PLAN, "surgery": {"stem": {"width": 32, "proj": True}}})
     model = build(plan)
@@ -75,6 +113,11 @@ def test_surgery_plan_builds_and_reads_back() -> None:
         ({"layer1.0.conv1": {"type": "tucker2", "ranks": [8, 65]}}, "rank r_in=65 exceeds the mode size 64"),
         ({"layer1.0.conv1": {"type": "tucker2", "ranks": [8.5, 8]}}, "rank 8.5 must be a positive integer"),
         ({"layer1.0.conv1": {"type": "lrs", "ranks": [8, 8], "density": 1.5}}, "density 1.5"),
+        ({"layer1.0.conv2": {"type": "sparse", "density": 0}}, "'layer1.0.conv2': density 0 must be in (0, 1]"),
+        ({"layer1.0.conv2": {"type": "sparse", "density": 1.01}}, "'layer1.0.conv2': density 1.01 must be"),
+        ({"layer1.0.conv2": {"type": "sparse", "density": "0.5"}}, "'layer1.0.conv2': density '0.5' must be"),
+        ({"layer1.0.conv2": {"type": "sparse"}}, "'layer1.0.conv2': density None must be"),
+        ({"fc": {"type": "sparse", "density": 0.5}}, "'fc': is a Linear, sparse needs Conv2d"),
         ({"layer1.0.conv1": {"type": "cp", "rank": 8}}, "unknown type 'cp'"),
         ({"fc": {"type": "tucker2", "ranks": [4, 4]}}, "'fc': is a Linear"),
         ({"layer4.0.conv1": {"type": "tt", "ranks": [8, 8, 8, 8], "factors": [[16, 16], [16, 16]]}},
