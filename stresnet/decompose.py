@@ -213,10 +213,10 @@ def tt_svd(tensor: Tensor, ranks: Sequence[int]) -> list[Tensor]:
         mat = rest.reshape(r_prev * n, -1)
         u, s, vh = torch.linalg.svd(mat, full_matrices=False)
         keep = min(r, s.numel())
-        core = torch.zeros(r_prev * n, r, dtype=torch.float64)
+        core = torch.zeros(r_prev * n, r, dtype=torch.float64, device=rest.device)
         core[:, :keep] = u[:, :keep]
         cores.append(core.reshape(r_prev, n, r))
-        nxt = torch.zeros(r, vh.shape[1], dtype=torch.float64)
+        nxt = torch.zeros(r, vh.shape[1], dtype=torch.float64, device=rest.device)
         nxt[:keep] = s[:keep, None] * vh[:keep]
         rest = nxt
         r_prev = r

@@ -83,7 +83,7 @@ class TrainConfig:
     kd_T: float = 4.0
     kd_alpha: float = 0.5
     label_smoothing: float = 0.1
-    optimizer: str = "sgd"  # 'sgd' (nesterov-free momentum) or 'adamw'; any timm optimizer name works
+    optimizer: str = "sgd"  # timm name: "sgd" is SGD with Nesterov momentum, "momentum" without, "adamw", ...
     amp: bool | None = None  # None: on when training on CUDA (bf16 if supported, else fp16 + GradScaler)
     channels_last: bool = False
     workers: int = 1
