@@ -148,7 +148,7 @@ def _cmd_cards(args: argparse.Namespace) -> int:
     import timm
 
     from .cost import profile
-    from .zoo.cards import write_cards
+    from .zoo.cards import index_markdown, plot_family, write_cards
     from .zoo.models import VARIANTS, weights_registry
 
     profiles = {}
@@ -157,8 +157,16 @@ def _cmd_cards(args: argparse.Namespace) -> int:
             cfg = timm.get_pretrained_cfg(f"{variant}.{tag}")
             model = timm.create_model(variant, num_classes=cfg.num_classes)
             profiles[f"{variant}.{tag}"] = profile(model, cfg.input_size).to_dict()
-    paths = write_cards(args.out, profiles, weights_registry())
-    print(f"wrote {len(paths)} cards to {args.out}")
+    records = weights_registry()
+    paths = write_cards(args.out, profiles, records)
+    base = None
+    results = Path(args.results) / "stresnet18_8x.json"
+    if results.is_file():  # the base as the Imagenette recipes measured it
+        data = json.loads(results.read_text())
+        base = {**data["base"], "recipe": "recipes/resnet18_imagenette.yaml"} if "base" in data else None
+    (args.out / "README.md").write_text(index_markdown(profiles, records, base))
+    plot = plot_family(records, base, args.out / "accuracy_vs_size.png")
+    print(f"wrote {len(paths)} cards, README.md{' and ' + plot.name if plot else ''} to {args.out}")
     return 0
 
 
@@ -267,7 +275,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from .train.engine import main as engine_main
 
     _set_device(args.device)
-    engine_main(args.engine_args)
+    rest = list(args.engine_args)
+    engine_main(rest[1:] if rest[:1] == ["--"] else rest)
     return 0
 
 
@@ -291,6 +300,23 @@ def _cmd_publish(args: argparse.Namespace) -> int:
             raise RecipeError("publish: --push needs --repo-id")
         print(push(Path(record["folder"]), args.repo_id))
     return 0
+
+
+def _cmd_zoo_verify(args: argparse.Namespace) -> int:
+    from .zoo.verify import verify_published
+
+    rows = verify_published(args.data, args.names or None, cards=args.cards)
+    for r in rows:
+        if "error" in r:
+            print(f"{r['name']:>28}: FAILED to load: {r['error']}")
+        else:
+            print(f"{r['name']:>28}: top-1 {100 * r['top1']:.2f} % (card {r['card_top1_percent']}), "
+                  f"equals registry {r['equals_registry']}, equals card {r['equals_card']}, "
+                  f"torch.hub == timm {r['hub_equals_timm']}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rows, indent=1) + "\n")
+    ok = rows and all(r.get("equals_registry") and r.get("equals_card") and r.get("hub_equals_timm") for r in rows)
+    return 0 if ok else 1
 
 
 def _add_method_args(p: argparse.ArgumentParser) -> None:
@@ -386,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cards", help="write a model card per zoo variant from measured numbers")
     p.add_argument("--out", type=Path, default=Path("zoo_cards"))
+    p.add_argument("--results", type=Path, default=Path("recipes/results"), help="recipe results (for the base row)")
     p.set_defaults(func=_cmd_cards)
 
     b = bench.add_parser("latency", help="batch-1 CPU latency vs resnet18 in the same run, beside the MAC ratio")
@@ -456,6 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update-every", type=int, default=10, help="steps between mask updates")
     p.add_argument("--prune-end", type=float, default=0.5, help="fraction of training at which the target density is reached")
     p.set_defaults(func=_cmd_lrs)
+
+    p = sub.add_parser("zoo-verify", help="fresh offline process per published weight: timm + torch.hub load, top-1 vs card")
+    p.add_argument("--data", type=Path, required=True, help="validation ImageFolder (e.g. imagenette2-160/val)")
+    p.add_argument("--names", nargs="*", default=None, help="arch.tag names (default: every published one)")
+    p.add_argument("--cards", type=Path, default=Path("zoo_cards"))
+    p.add_argument("--json-out", type=Path, default=None)
+    p.set_defaults(func=_cmd_zoo_verify)
 
     p = sub.add_parser("publish", help="Hub-ready folder + card from a recipe's weights and results; cache, registry, push")
     p.add_argument("name", help="zoo name arch.tag, e.g. stresnet18_8x.imagenette")

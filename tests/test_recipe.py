@@ -148,3 +148,56 @@ def test_every_shipped_recipe_loads(path, monkeypatch):
     monkeypatch.setenv("IMAGENET_ROOT", "/data/imagenet")
     recipe = load_recipe(path)
     assert recipe["name"] == path.stem  # results land in recipes/results/<file stem>.json
+
+
+def _random_base(tmp: Path) -> Path:
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    path = tmp / "base.safetensors"
+    save_file(timm.create_model("resnet18", num_classes=3).state_dict(), str(path))
+    return path
+
+
+def test_method_arms_admm_lrs_prune_share_one_budget(tree, tmp_path):
+    """The comparison recipes' shape on the tiny tree: ADMM reports both zero-shot numbers; LR+S and pruning
+    land on the Tucker plan's parameter count (sparse indices counted)."""
+    from stresnet.cost import profile
+    from stresnet.plan import Plan, compress
+    import timm
+
+    plan = str(REPO / "stresnet/zoo/plans/stresnet18_8x.json")
+    short = {**TRAIN, "max_steps_per_epoch": 2}
+    sparsity = {"start_density": 1.0, "end": 0.5, "update_every": 1}
+    recipe = {"name": "arms", "data": str(tree), "input_size": 32,
+              "base": {"model": "resnet18", "num_classes": 3, "checkpoint": str(_random_base(tmp_path))},
+              "arms": {"admm": [{"plan": {"file": plan}}, {"admm": {**short, "rho": 0.1, "updates_per_epoch": 2}},
+                                {"decompose": {"compare_base": True}}, {"finetune": dict(short)}, {"eval": {}}],
+                       "lrs": [{"plan": {"file": plan}}, {"lrs_plan": {"method": "lrs", "fraction": 0.25}},
+                               {"decompose": {}}, {"finetune": {**short, "sparsity": sparsity}}, {"eval": {}}],
+                       "prune": [{"plan": {"file": plan}}, {"lrs_plan": {"method": "prune"}},
+                                 {"decompose": {}}, {"finetune": {**short, "sparsity": sparsity}}, {"eval": {}}]}}
+    results = run_recipe(load_recipe(_write(tmp_path, recipe)), out_root=tmp_path / "runs",
+                         results_path=tmp_path / "arms.json", progress=False, log=lambda _: None)
+    arms = results["arms"]
+    admm = {s["id"]: s["result"] for s in arms["admm"]["stages"]}
+    assert {"zero_shot_top1", "base_zero_shot_top1"} <= set(admm["decompose"])
+    assert admm["admm"]["admm"]["distance_after"] < admm["admm"]["admm"]["distance_before"]
+    tucker = profile(compress(timm.create_model("resnet18", num_classes=3), Plan.load(plan)), (3, 32, 32)).params
+    for arm in ("lrs", "prune"):
+        assert arms[arm]["final"]["params"] == pytest.approx(tucker, rel=1e-3), arm
+    assert arms["lrs"]["final"]["params"] < results["base"]["params"] / 7
+
+
+def test_admm_command_line(tree, tmp_path):
+    out = tmp_path / "admm_cli"
+    proc = subprocess.run(
+        [sys.executable, "-m", "stresnet.cli", "admm", "--checkpoint", str(_random_base(tmp_path)), "--num-classes", "3",
+         "--data", str(tree), "--plan", str(REPO / "stresnet/zoo/plans/stresnet18_8x.json"), "--out", str(out),
+         "--input-size", "32", "--batch-size", "8", "--max-steps-per-epoch", "1", "--rho", "0.1", "--quiet",
+         "--device", "cpu"], capture_output=True, text=True, cwd=REPO,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "decomposing the original base" in proc.stdout
+    assert json.loads((out / "results.json").read_text())["final"]["params"] > 0

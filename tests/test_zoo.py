@@ -131,3 +131,48 @@ def test_missing_weights_name_the_recipe(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(WeightsError, match=r"not found.*stresnet recipe run recipes/stresnet18_4x.yaml"):
         timm.create_model("stresnet18_4x.imagenette", pretrained=True)
+
+
+def test_recipe_publish_card_quotes_measured_numbers_and_fresh_process_reproduces_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tree: Path) -> None:
+    """publish_run (the recipe's publish stage) -> card + registry + cache; zoo-verify reloads it offline in a
+    fresh process through timm and torch.hub and re-measures the same top-1."""
+    from huggingface_hub import constants
+
+    from stresnet.evaluate import accuracy
+    from stresnet.zoo import models
+    from stresnet.zoo.hub import publish_run
+    from stresnet.zoo.verify import card_top1, verify_published
+
+    cache, registry = tmp_path / "hub", tmp_path / "weights.json"
+    monkeypatch.setenv("STRESNET_WEIGHTS_REGISTRY", str(registry))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    models.weights_registry.cache_clear()
+    torch.manual_seed(0)
+    model = timm.create_model("stresnet_pico", num_classes=10).eval()
+    measured = accuracy(model, tree / "val", 128)
+    metrics = {"top1": measured["top1"], "top5": measured["top5"], "images": measured["images"], "params": 1,
+               "unrelated": "dropped"}
+    record = publish_run(model, "stresnet_pico.imagenette", tmp_path / "pub", metrics,
+                         "stresnet recipe run recipes/stresnet_pico.yaml", cache_dir=cache)
+    card = tmp_path / "pub" / "stresnet_pico.imagenette" / "README.md"
+    assert card_top1(card) == float(f"{100 * measured['top1']:.2f}")
+    assert "stresnet recipe run recipes/stresnet_pico.yaml" in card.read_text() and record["sha256"] in card.read_text()
+    assert "unrelated" not in json.loads(registry.read_text())["stresnet_pico.imagenette"]["metrics"]
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    (cards / "stresnet_pico.imagenette.md").write_text(card.read_text())
+    rows = verify_published(tree / "val", cards=cards)
+    assert len(rows) == 1 and "error" not in rows[0], rows
+    assert rows[0]["equals_registry"] and rows[0]["equals_card"] and rows[0]["hub_equals_timm"]
+    models.weights_registry.cache_clear()
+
+
+def test_publish_rejects_unknown_names(tmp_path: Path) -> None:
+    from stresnet.plan import PlanError
+    from stresnet.zoo.hub import publish_run
+
+    with pytest.raises(PlanError, match="stresnet18_3x.imagenette"):
+        publish_run(timm.create_model("resnet18", num_classes=10), "stresnet18_3x.imagenette", tmp_path, {},
+                    "x", register_weights=False, install_cache=False)
