@@ -28,6 +28,15 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: the machine is shared, and subprocess comparisons stay bitwise."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 TREE_CLASSES, TREE_TRAIN, TREE_VAL = 3, 12, 4
 
 

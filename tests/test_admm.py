@@ -27,12 +27,7 @@ PLAN = Plan(layers={"layer1.0.conv2": {"type": "tucker2", "ranks": [8, 8]},
                     "layer3.0.conv2": {"type": "full"}})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest: one torch thread
 
 
 def _base() -> nn.Module:

@@ -26,12 +26,7 @@ CLASSES = 3
 BASE = dict(batch_size=8, input_size=32, lr=0.02, warmup_epochs=0.5, seed=3, workers=0, log_every=100)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest: one torch thread
 
 
 def _net(seed: int = 0) -> nn.Module:
@@ -164,22 +159,6 @@ def test_plans_like_match_the_tucker_params(resnet18: nn.Module) -> None:
 
 
 # ----------------------------------------------------------------------------- resume
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("imgs")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 12), ("val", 4)):
-        for c in range(CLASSES):
-            d = root / split / f"class{c}"
-            d.mkdir(parents=True)
-            for i in range(n):
-                img = rng.normal(110 + 20 * c, 50, size=(40, 40, 3)).clip(0, 255).astype(np.uint8)
-                Image.fromarray(img).save(d / f"{i}.png")
-    return root
-
 
 RESUME_PLAN = {"layers": {"layer1.0.conv2": {"type": "lrs", "ranks": [8, 8], "density": 0.1},
                           "layer2.0.conv2": {"type": "lrs", "ranks": [12, 12], "density": 0.05},

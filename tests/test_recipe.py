@@ -21,12 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN = {"epochs": 1, "batch_size": 8, "lr": 0.01, "warmup_epochs": 0.5, "workers": 0, "seed": 0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest: one torch thread
 
 
 def _write(tmp_path: Path, recipe: dict, name: str = "r.yaml") -> Path:

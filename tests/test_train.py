@@ -59,13 +59,7 @@ def _cli_args(tree: Path, out: Path, model: str, epochs: int, batch_size: int = 
     return args
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the machine is shared: one thread is both faster and bitwise comparable with the subprocesses
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest: one torch thread
 
 
 # ----------------------------------------------------------------------------- (1) loss
