@@ -15,8 +15,9 @@ A recipe is data, run by ``stresnet recipe run recipes/<file>.yaml``::
       - publish: {name: stresnet18_8x.imagenette}
 
 ``${shared}`` is ``$STRESNET_SHARED`` or ``<repo>/../shared``; ``${env:VAR}`` reads
-any environment variable; ``--set key.sub=value`` overrides any field (so an
-ImageNet recipe runs wherever ImageNet lives).
+any environment variable; ``--set key.sub=value`` overrides any field, a number
+indexing a list (``--set stages.2.finetune.epochs=1``), so an ImageNet recipe
+runs wherever ImageNet lives.
 
 The runner carries one *state* through the stages: the current weights
 (dense or compressed), the current plan and the teacher (the base). Stages:
@@ -98,18 +99,30 @@ def _substitute(value: Any, source: str) -> Any:
 
 
 def _apply_override(recipe: dict, assignment: str, source: str) -> None:
+    """``a.b.c=value`` (YAML-parsed value); a number indexes a list: ``stages.2.finetune.epochs=1``."""
     import yaml
 
     key, sep, raw = assignment.partition("=")
     if not sep or not key:
         raise RecipeError(f"{source}: --set {assignment!r} is not KEY=VALUE")
-    node = recipe
+    node: Any = recipe
     parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise RecipeError(f"{source}: --set {key}: {part} is not a mapping")
-    node[parts[-1]] = yaml.safe_load(raw)
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"{source}: --set {key}: {part!r} is not an index of a {len(node)}-item list")
+            if last:
+                node[int(part)] = yaml.safe_load(raw)
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = yaml.safe_load(raw)
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise RecipeError(f"{source}: --set {key}: {parts[i - 1]!r} holds a value, not a mapping or list")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:

@@ -196,3 +196,27 @@ def test_admm_command_line(tree, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "decomposing the original base" in proc.stdout
     assert json.loads((out / "results.json").read_text())["final"]["params"] > 0
+
+
+def test_imagenet_recipe_runs_end_to_end_on_a_tiny_tree(tree, tmp_path, monkeypatch):
+    """recipes/stresnet18_8x_in1k.yaml as shipped, pointed at a tiny tree and shrunk by --set, down to publish
+    (registry and Hub cache redirected to tmp)."""
+    from huggingface_hub import constants
+
+    from stresnet.zoo import models
+
+    monkeypatch.setenv("STRESNET_WEIGHTS_REGISTRY", str(tmp_path / "weights.json"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    models.weights_registry.cache_clear()
+    sets = [f"data={tree}", "input_size=32", "base.pretrained=false", "stages.0.search.calib=12",
+            "stages.2.finetune.epochs=1", "stages.2.finetune.batch_size=8", "stages.2.finetune.workers=0"]
+    recipe = load_recipe(REPO / "recipes" / "stresnet18_8x_in1k.yaml", sets)
+    results = run_recipe(recipe, out_root=tmp_path / "runs", results_path=tmp_path / "in1k.json", progress=False,
+                         log=lambda _: None)
+    published = results["stages"][-1]["result"]
+    assert published["name"] == "stresnet18_8x.in1k" and Path(published["cache_snapshot"]).is_dir()
+    assert json.loads((tmp_path / "weights.json").read_text())["stresnet18_8x.in1k"]["metrics"]["top1"] == \
+        results["final"]["top1"]
+    models.weights_registry.cache_clear()
+    with pytest.raises(RecipeError, match="not an index"):
+        load_recipe(REPO / "recipes" / "stresnet18_8x_in1k.yaml", ["stages.9.eval={}"] + sets)
