@@ -163,7 +163,8 @@ def _cmd_cards(args: argparse.Namespace) -> int:
     results = Path(args.results) / "stresnet18_8x.json"
     if results.is_file():  # the base as the Imagenette recipes measured it
         data = json.loads(results.read_text())
-        base = {**data["base"], "recipe": "recipes/resnet18_imagenette.yaml"} if "base" in data else None
+        base = ({**data["base"], "recipe": "shared base, measured by the eval stage (recipes/resnet18_imagenette.yaml rebuilds it)"}
+                if "base" in data else None)
     (args.out / "README.md").write_text(index_markdown(profiles, records, base))
     plot = plot_family(records, base, args.out / "accuracy_vs_size.png")
     print(f"wrote {len(paths)} cards, README.md{' and ' + plot.name if plot else ''} to {args.out}")

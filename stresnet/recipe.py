@@ -256,10 +256,22 @@ class _Run:
 
     def save_results(self) -> None:
         if self.rank == 0 and self.results_path is not None:
-            self.results_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.results_path.with_name(self.results_path.name + ".tmp")
-            tmp.write_text(json.dumps(self.results, indent=1) + "\n")
-            os.replace(tmp, self.results_path)
+            _atomic_json(self.results_path, _portable(self.results))
+
+
+def _portable(value: Any) -> Any:
+    """Paths in committed results, machine-independent: repo-relative, ``${shared}/...``, ``~/...``."""
+    if isinstance(value, str):
+        for prefix, short in ((str(REPO) + os.sep, ""), (str(shared_dir()), "${shared}"),
+                              (str(Path.home()), "~")):
+            if value.startswith(prefix):
+                return short + value[len(prefix):]
+        return value
+    if isinstance(value, list):
+        return [_portable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    return value
 
 
 def _atomic_json(path: Path, data: Any) -> None:
