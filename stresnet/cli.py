@@ -204,9 +204,17 @@ def _cmd_recipe_run(args: argparse.Namespace) -> int:
     if args.nproc > 1 and "RANK" not in os.environ:  # relaunch this very command under torchrun
         import subprocess
 
-        argv = [a for a in sys.argv[1:]]
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", "-m", "stresnet.cli",
-               *argv]
+        argv, skip = [], False
+        for a in sys.argv[1:]:  # the same command without --nproc (torchrun would read it as its own option)
+            if skip or a.startswith("--nproc="):
+                skip = False
+                continue
+            if a == "--nproc":
+                skip = True
+                continue
+            argv.append(a)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               "-m", "stresnet.cli", *argv]
         return subprocess.call(cmd)
     _set_device(args.device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -214,6 +222,8 @@ def _cmd_recipe_run(args: argparse.Namespace) -> int:
     argv = ["stresnet", "recipe", "run", str(args.recipe)] + [x for kv in args.set for x in ("--set", kv)]
     results = run_recipe(recipe, out_root=args.out, results_path=args.results, resume=args.resume,
                          progress=not args.quiet, command=command_line(argv))
+    if int(os.environ.get("RANK", 0)) != 0:
+        return 0
     final = results.get("final")
     if final:
         print(f"{recipe['name']}: top-1 {100 * final['top1']:.2f} % (base {100 * results['base']['top1']:.2f} %), "

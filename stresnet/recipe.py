@@ -588,7 +588,8 @@ def run_recipe(recipe: dict, out_root: Path | None = None, results_path: Path | 
     run_dir = out_root / recipe["name"]
     if results_path is None:
         results_path = REPO / "recipes" / "results" / f"{recipe['name']}.json"
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
+    own_pg = "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized()
+    if own_pg:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
@@ -607,6 +608,11 @@ def run_recipe(recipe: dict, out_root: Path | None = None, results_path: Path | 
     for arm, stages in arms.items():
         _run_arm(run, arm, _stage_list(copy.deepcopy(stages), arm or "stages"), say)
     run.save_results()
+    _barrier()
+    if rank != 0 and results_path.is_file():  # rank 0 ran the eval stages: every rank returns its results
+        run.results = json.loads(results_path.read_text())
+    if own_pg:
+        dist.destroy_process_group()
     return run.results
 
 

@@ -220,3 +220,25 @@ def test_imagenet_recipe_runs_end_to_end_on_a_tiny_tree(tree, tmp_path, monkeypa
     models.weights_registry.cache_clear()
     with pytest.raises(RecipeError, match="not an index"):
         load_recipe(REPO / "recipes" / "stresnet18_8x_in1k.yaml", ["stages.9.eval={}"] + sets)
+
+
+def test_recipe_under_torchrun_two_processes(tree, tmp_path):
+    """`--nproc 2` relaunches the command under torchrun: training stages run on both ranks (gloo on CPU), the
+    others on rank 0, and the results say world_size 2."""
+    import os
+
+    recipe = {"name": "ddp", "data": str(tree), "input_size": 32,
+              "base": {"model": "resnet18", "num_classes": 3, "checkpoint": str(_random_base(tmp_path))},
+              "stages": [{"plan": {"file": str(REPO / "stresnet/zoo/plans/stresnet18_8x.json")}}, {"decompose": {}},
+                         {"finetune": {**TRAIN, "batch_size": 4, "max_steps_per_epoch": 2}}, {"eval": {}}]}
+    path = _write(tmp_path, recipe)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "stresnet.cli", "recipe", "run", str(path), "--nproc", "2",
+                           "--device", "cpu", "--quiet", "--out", str(tmp_path / "runs"),
+                           "--results", str(tmp_path / "ddp.json")], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "ddp.json").read_text())
+    assert results["world_size"] == 2
+    ft = [s["result"] for s in results["stages"] if s["type"] == "finetune"][0]
+    assert ft["world_size"] == 2 and ft["epochs"] == 1 and results["final"]["images"] == 12
