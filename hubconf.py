@@ -45,6 +45,24 @@ def stresnet18_8x(pretrained: bool = False, tag: str = "imagenette", **kwargs):
     return _create("stresnet18_8x", pretrained, tag, **kwargs)
 
 
+def stresnet18_16x(pretrained: bool = False, tag: str = "imagenette", **kwargs):
+    """ResNet-18 with Tucker-2 ranks searched (Fisher estimator + ILP) at 1/16 of the parameters.
+
+    Args: pretrained (load published weights), tag ('imagenette' or 'in1k'), and timm
+    kwargs such as num_classes or features_only.
+    """
+    return _create("stresnet18_16x", pretrained, tag, **kwargs)
+
+
+def stresnet18_32x(pretrained: bool = False, tag: str = "imagenette", **kwargs):
+    """ResNet-18 with Tucker-2 ranks searched (Fisher estimator + ILP) at 1/32 of the parameters.
+
+    Args: pretrained (load published weights), tag ('imagenette' or 'in1k'), and timm
+    kwargs such as num_classes or features_only.
+    """
+    return _create("stresnet18_32x", pretrained, tag, **kwargs)
+
+
 def stresnet_pico(pretrained: bool = False, tag: str = "imagenette", **kwargs):
     """STResNet Pico: 0.63 M params, 0.12 GMACs at 224 (1000 classes); MCU-sized.
 

@@ -25,7 +25,7 @@ from ..plan import Plan, PlanError, build
 HF_ORG = "stresnet"
 WEIGHTS_FILENAME = "model.safetensors"
 VARIANTS = (
-    "stresnet18_2x", "stresnet18_4x", "stresnet18_8x",
+    "stresnet18_2x", "stresnet18_4x", "stresnet18_8x", "stresnet18_16x", "stresnet18_32x",
     "stresnet_pico", "stresnet_nano", "stresnet_micro", "stresnet_milli", "stresnet_tiny",
 )
 
@@ -177,6 +177,18 @@ def stresnet18_4x(pretrained: bool = False, **kwargs: Any) -> nn.Module:
 def stresnet18_8x(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """ResNet-18 with Tucker-2 ranks chosen by the CompressNAS search at 1/8 of the parameters."""
     return _create("stresnet18_8x", pretrained, **kwargs)
+
+
+@register_model
+def stresnet18_16x(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """ResNet-18 with Tucker-2 ranks chosen by the CompressNAS search at 1/16 of the parameters."""
+    return _create("stresnet18_16x", pretrained, **kwargs)
+
+
+@register_model
+def stresnet18_32x(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """ResNet-18 with Tucker-2 ranks chosen by the CompressNAS search at 1/32 of the parameters."""
+    return _create("stresnet18_32x", pretrained, **kwargs)
 
 
 @register_model
