@@ -366,7 +366,11 @@ def _stage_plan(run: _Run, state: _State, p: dict, out: Path) -> dict:
     elif "variant" in p:
         from .zoo.family import family_plan
 
-        plan = family_plan(p["variant"], num_classes=run.base.get("num_classes", 1000))
+        try:
+            plan = family_plan(str(p["variant"]).removeprefix("stresnet_"),
+                               num_classes=run.base.get("num_classes", 1000))
+        except ValueError as e:
+            raise RecipeError(f"stage plan: {e}") from None
     else:
         raise RecipeError("stage plan: give 'file' (a plan JSON) or 'variant' (a family member)")
     out.mkdir(parents=True, exist_ok=True)

@@ -242,3 +242,18 @@ def test_recipe_under_torchrun_two_processes(tree, tmp_path):
     assert results["world_size"] == 2
     ft = [s["result"] for s in results["stages"] if s["type"] == "finetune"][0]
     assert ft["world_size"] == 2 and ft["epochs"] == 1 and results["final"]["images"] == 12
+
+
+def test_plan_stage_takes_family_variants_and_names_a_bad_one(tree, tmp_path):
+    base = {"model": "resnet18", "num_classes": 3}
+    for variant in ("stresnet_pico", "nano"):
+        recipe = {"name": f"p_{variant}", "data": str(tree), "input_size": 32, "base": base,
+                  "stages": [{"plan": {"variant": variant}}]}
+        run_recipe(load_recipe(_write(tmp_path, recipe)), out_root=tmp_path / "runs",
+                   results_path=tmp_path / f"{variant}.json", progress=False, log=lambda _: None)
+        plan = json.loads((tmp_path / "runs" / f"p_{variant}" / "plan" / "plan.json").read_text())
+        assert plan["surgery"]["stem"]["width"] > 0 and plan["layers"]
+    recipe = {"name": "p_bad", "data": str(tree), "base": base, "stages": [{"plan": {"variant": "femto"}}]}
+    with pytest.raises(RecipeError, match="femto"):
+        run_recipe(load_recipe(_write(tmp_path, recipe)), out_root=tmp_path / "runs", results_path=tmp_path / "b.json",
+                   progress=False, log=lambda _: None)
