@@ -65,6 +65,30 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_int8(args: argparse.Namespace) -> int:
+    import timm
+
+    from .deploy import bench_int8, format_int8
+    from .resolve import model_from_name
+    from .zoo.models import weights_registry
+
+    names = args.models or sorted(weights_registry())
+    untagged = [n for n in names if "." not in n]
+    if untagged:
+        raise PlanError(f"bench int8: {untagged[0]!r} has no weight tag; name published weights as arch.tag "
+                        "(e.g. stresnet18_8x.imagenette)")
+    models = {name: timm.create_model(name, pretrained=True).eval() for name in names}
+    if args.base_checkpoint is not None:
+        models = {"resnet18 (base)": model_from_name("resnet18", num_classes=args.num_classes,
+                                                     checkpoint=args.base_checkpoint), **models}
+    result = bench_int8(models, args.data / "val", args.data / "train", size=args.input_size,
+                        calib_images=args.calib_images, limit=args.limit, progress=not args.json)
+    print(json.dumps(result) if args.json else format_int8(result))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from .data import calibration_images
     from .deploy import export_onnx, onnx_parity, quantize_int8
@@ -434,6 +458,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--iters", type=int, default=50)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=_cmd_latency)
+
+    b = bench.add_parser("int8", help="top-1 of fp32 vs int8 ONNX (onnxruntime) of published weights on val/")
+    b.add_argument("models", nargs="*", help="published weights, arch.tag (default: every published one)")
+    b.add_argument("--data", type=Path, required=True, help="ImageFolder root: train/ calibrates, val/ scores")
+    b.add_argument("--base-checkpoint", type=Path, default=None, help="also the base resnet18 with these weights")
+    b.add_argument("--num-classes", type=int, default=10)
+    b.add_argument("--input-size", type=int, default=128)
+    b.add_argument("--calib-images", type=int, default=128)
+    b.add_argument("--limit", type=int, default=None, help="score only this many val batches (quick check)")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--json-out", type=Path, default=None)
+    b.set_defaults(func=_cmd_int8)
 
     p = sub.add_parser("export", help="ONNX export (opset 17), optionally int8 QDQ with calibration images")
     p.add_argument("model", help="timm name, zoo variant or plan JSON")

@@ -17,8 +17,10 @@ import timm  # noqa: E402
 from stresnet import Plan, compress  # noqa: E402
 from stresnet.cost import profile  # noqa: E402
 from stresnet.deploy import (  # noqa: E402
+    bench_int8,
     bench_latency,
     export_onnx,
+    format_int8,
     format_latency,
     format_mcu,
     mcu_report,
@@ -238,3 +240,28 @@ def test_real_resnet18_onnx_accuracy_matches_pytorch(shared: Path, tmp_path: Pat
     want = accuracy(model, val, 128, batch_size=32, limit=1)
     assert got["images"] == want["images"] == 32
     assert got["top1"] == pytest.approx(want["top1"]) and got["top1"] > 0.5
+
+
+def test_bench_int8_scores_fp32_and_int8_on_val_with_calibration_from_train(tree: Path) -> None:
+    from stresnet.evaluate import accuracy
+
+    model = _randomise_bn(TinyNet(num_classes=3)).eval()
+    result = bench_int8({"tiny": model}, tree / "val", tree / "train", size=16, calib_images=8)
+    row = result["models"]["tiny"]
+    want = accuracy(model, tree / "val", 16)
+    assert row["fp32"]["images"] == row["int8"]["images"] == want["images"] == 12
+    assert row["fp32"]["top1"] == pytest.approx(want["top1"])  # the fp32 file scores what PyTorch scores
+    assert row["parity_max_abs"] < 1e-4
+    assert row["drop_points"] == pytest.approx(100 * (row["fp32"]["top1"] - row["int8"]["top1"]))
+    assert row["int8_bytes"] < row["fp32_bytes"] or row["fp32_bytes"] < 20_000  # tiny nets are mostly header
+    assert result["calib_images"] == 8
+    table = format_int8(result)
+    assert "tiny" in table and "int8 top-1" in table
+
+
+def test_bench_int8_cli_needs_tagged_published_names(tree: Path, capsys) -> None:
+    from stresnet.cli import main
+
+    assert main(["bench", "int8", "resnet18", "--data", str(tree)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'resnet18'" in err[0] and "arch.tag" in err[0]
