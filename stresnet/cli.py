@@ -169,11 +169,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_cards(args: argparse.Namespace) -> int:
+    """``stresnet cards`` and ``stresnet report``: one generator for the cards, the index and both plots."""
     import timm
 
     from .cost import profile
     from .zoo.cards import index_markdown, plot_family, write_cards
     from .zoo.models import VARIANTS, weights_registry
+    from .zoo.report import ReportError, card_notes, evidence_markdown, load_evidence, plot_pareto
+
+    try:  # read the evidence first: bad input fails before anything is written
+        evidence, ev_base = load_evidence(Path(args.recipes), Path(args.results))
+    except ReportError as e:
+        print(f"stresnet: error: {e}", file=sys.stderr)
+        return 2
 
     profiles = {}
     for variant in VARIANTS:
@@ -182,16 +190,18 @@ def _cmd_cards(args: argparse.Namespace) -> int:
             model = timm.create_model(variant, num_classes=cfg.num_classes)
             profiles[f"{variant}.{tag}"] = profile(model, cfg.input_size).to_dict()
     records = weights_registry()
-    paths = write_cards(args.out, profiles, records)
     base = None
     results = Path(args.results) / "stresnet18_8x.json"
     if results.is_file():  # the base as the Imagenette recipes measured it
         data = json.loads(results.read_text())
         base = ({**data["base"], "recipe": "shared base, measured by the eval stage (recipes/resnet18_imagenette.yaml rebuilds it)"}
                 if "base" in data else None)
-    (args.out / "README.md").write_text(index_markdown(profiles, records, base))
+    paths = write_cards(args.out, profiles, records, notes=card_notes(evidence, ev_base))
+    (args.out / "README.md").write_text(index_markdown(profiles, records, base, extra=evidence_markdown(evidence, ev_base)))
     plot = plot_family(records, base, args.out / "accuracy_vs_size.png")
-    print(f"wrote {len(paths)} cards, README.md{' and ' + plot.name if plot else ''} to {args.out}")
+    plot_pareto(evidence, ev_base, args.out / "pareto.png")
+    print(f"wrote {len(paths)} cards, README.md, {plot.name + ', ' if plot else ''}pareto.png "
+          f"({len(evidence)} evidence variants) to {args.out}")
     return 0
 
 
@@ -244,8 +254,10 @@ def _cmd_recipe_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     recipe = load_recipe(args.recipe, args.set)
     argv = ["stresnet", "recipe", "run", str(args.recipe)] + [x for kv in args.set for x in ("--set", kv)]
+    arms = [a for spec in args.arms for a in spec.split(",") if a] or None
+    argv += [x for a in arms or () for x in ("--arms", a)]
     results = run_recipe(recipe, out_root=args.out, results_path=args.results, resume=args.resume,
-                         progress=not args.quiet, command=command_line(argv))
+                         progress=not args.quiet, command=command_line(argv), arms=arms)
     if int(os.environ.get("RANK", 0)) != 0:
         return 0
     final = results.get("final")
@@ -445,10 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("cards", help="write a model card per zoo variant from measured numbers")
-    p.add_argument("--out", type=Path, default=Path("zoo_cards"))
-    p.add_argument("--results", type=Path, default=Path("recipes/results"), help="recipe results (for the base row)")
-    p.set_defaults(func=_cmd_cards)
+    for verb, text in (("cards", "write a model card per zoo variant from measured numbers (+ the evidence report)"),
+                       ("report", "evidence tables (zoo_cards/README.md, cards) and pareto.png from recipe results")):
+        p = sub.add_parser(verb, help=text)
+        p.add_argument("--out", type=Path, default=Path("zoo_cards"))
+        p.add_argument("--results", type=Path, default=Path("recipes/results"), help="recipe results JSONs")
+        p.add_argument("--recipes", type=Path, default=Path("recipes"), help="where recipes/evidence_*.yaml live")
+        p.set_defaults(func=_cmd_cards)
 
     b = bench.add_parser("latency", help="batch-1 CPU latency vs resnet18 in the same run, beside the MAC ratio")
     b.add_argument("models", nargs="+")
@@ -507,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=None, help="runs folder (default <repo>/runs)")
     r.add_argument("--results", type=Path, default=None, help="results JSON (default recipes/results/<name>.json)")
     r.add_argument("--quiet", action="store_true")
+    r.add_argument("--arms", action="append", default=[], metavar="ARM[,ARM]",
+                   help="run only these arms (others keep, with --resume, the stages they finished earlier)")
     r.set_defaults(func=_cmd_recipe_run)
 
     p = sub.add_parser("finetune", help="KD fine-tune of a decomposed base (all options: stresnet finetune -- --help)",

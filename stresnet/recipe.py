@@ -24,14 +24,19 @@ The runner carries one *state* through the stages: the current weights
 
 ``train_base``  train the base from random init (label-smoothed CE, no teacher)
 ``search``      CompressNAS: estimator tables + ILP at ``budget``; sets the plan
-``plan``        a fixed plan: ``file`` or a family ``variant``
+``plan``        a fixed plan: ``file`` or a family ``variant``; or ``uniform: {step: 4}``,
+                the smallest uniform-rank plan with at least the current plan's params
 ``lrs_plan``    an LR+S (``method: lrs``) or magnitude-pruning (``method: prune``)
-                plan with the current (Tucker-2) plan's total params
+                plan with the current (Tucker-2) plan's total params (``over: base``:
+                prune every conv of the unmodified base instead of the plan's convs)
+``reinit``      random init (timm's, seeded) of the current architecture: the plan's
+                when there is one, else the base's (the from-scratch arms)
 ``admm``        ADMM rank-constrained training of the dense weights towards the plan
 ``decompose``   apply the plan to the dense weights; zero-shot top-1 (``compare_base``
                 also measures decomposing the original base, for ADMM)
 ``finetune``    KD fine-tune of the current model (``sparsity`` adds the
-                gradual-pruning schedule of LR+S / pruning)
+                gradual-pruning schedule of LR+S / pruning; ``teacher: none``:
+                plain label-smoothed CE, the teacher is never built or run)
 ``eval``        top-1/top-5 on val, params, MACs, int8 flash and peak RAM
 ``publish``     a Hub-ready folder, its sha256 in the zoo registry, the local Hub cache
 ``reference``   the results of another recipe (an arm shared between comparisons;
@@ -358,6 +363,17 @@ def _stage_search(run: _Run, state: _State, p: dict, out: Path) -> dict:
 def _stage_plan(run: _Run, state: _State, p: dict, out: Path) -> dict:
     from .plan import Plan
 
+    if "uniform" in p:  # the uniform-rank baseline of the current plan, at >= its params
+        from .search.uniform import uniform_plan_at_least
+
+        _require(state, "plan", "plan (uniform)")
+        opts = p["uniform"] if isinstance(p["uniform"], dict) else {}
+        plan = uniform_plan_at_least(_architecture(run), Plan.load(state.plan), step=int(opts.get("step", 4)))
+        out.mkdir(parents=True, exist_ok=True)
+        plan.save(out / "plan.json")
+        state.plan = str(out / "plan.json")
+        return {"plan": state.plan, "source": "uniform", "params": plan.meta["params"],
+                "params_target": plan.meta["params_target"], "ratio": plan.meta["ratio"]}
     if "file" in p:
         src = Path(p["file"])
         if not src.is_absolute():
@@ -402,6 +418,10 @@ def _stage_lrs_plan(run: _Run, state: _State, p: dict, out: Path) -> dict:
             fraction = tuned["fraction"]
         plan = sparsity.lrs_plan_like(model, tucker, fraction)
         result["fraction"] = fraction
+    elif method == "prune" and p.get("over", "plan") == "base":
+        target = sparsity.plan_params(model, tucker)
+        plan = sparsity.dense_pruning_plan(model, target, base=tucker.base)
+        result.update(over="base", params_target=target, density=plan.meta["density"])
     elif method == "prune":
         plan = sparsity.pruning_plan_like(model, tucker)
     else:
@@ -409,6 +429,34 @@ def _stage_lrs_plan(run: _Run, state: _State, p: dict, out: Path) -> dict:
     plan.save(out / "plan.json")
     state.plan = str(out / "plan.json")
     return {**result, "plan": state.plan}
+
+
+def _architecture(run: _Run) -> nn.Module:
+    """The base architecture with timm's random init (never downloaded weights)."""
+    from .resolve import model_from_name
+
+    return model_from_name(run.base["model"], num_classes=run.base.get("num_classes"))
+
+
+def _stage_reinit(run: _Run, state: _State, p: dict, out: Path) -> dict:
+    from .plan import Plan, compress
+    from .zoo.hub import save_weights
+
+    seed = int(p.get("seed", 0))
+    torch.manual_seed(seed)
+    model = _architecture(run)
+    if state.plan is not None:
+        model = compress(model, Plan.load(state.plan), init="random")
+    if hasattr(model, "init_weights"):  # timm's ResNet init, over the factor convs too; zero-init last BNs
+        model.init_weights()
+    else:
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    out.mkdir(parents=True, exist_ok=True)
+    save_weights(model, out / "model.safetensors")
+    state.weights, state.compressed = str(out / "model.safetensors"), state.plan is not None
+    return {"seed": seed, "init": "random (timm init_weights)", "architecture": "plan" if state.plan else "base"}
 
 
 def _stage_admm(run: _Run, state: _State, p: dict, out: Path) -> dict:
@@ -463,7 +511,8 @@ def _stage_finetune(run: _Run, state: _State, p: dict, out: Path) -> dict:
     if run.rank == 0 and state.plan:  # the weights travel with the plan that builds their architecture
         (out / "plan.json").write_text(Path(state.plan).read_text())
     state.weights = str(out / "model.safetensors")
-    return {**_summary(result), **({"sparsity": p["sparsity"]} if p.get("sparsity") is not None else {})}
+    return {**_summary(result), "hardware": _hardware(),
+            **({"sparsity": p["sparsity"]} if p.get("sparsity") is not None else {})}
 
 
 def _measure(run: _Run, model: nn.Module) -> dict:
@@ -517,12 +566,13 @@ def _stage_reference(run: _Run, state: _State, p: dict, out: Path) -> dict:
         if mismatch:
             raise RecipeError(f"stage reference: {recipe} fine-tuned with another {mismatch[0]} than this comparison")
     return {"recipe": str(recipe), "command": other.get("command"), "final": other["final"],
-            "stages": other["stages"]}
+            "stages": other["stages"], "base": other.get("base"), "hardware": other.get("hardware")}
 
 
 STAGES: dict[str, Callable[[_Run, _State, dict, Path], dict]] = {
     "train_base": _stage_train_base, "search": _stage_search, "plan": _stage_plan, "lrs_plan": _stage_lrs_plan,
-    "admm": _stage_admm, "decompose": _stage_decompose, "finetune": _stage_finetune, "eval": _stage_eval,
+    "admm": _stage_admm, "reinit": _stage_reinit, "decompose": _stage_decompose, "finetune": _stage_finetune,
+    "eval": _stage_eval,
     "publish": _stage_publish, "reference": _stage_reference,
 }
 
@@ -536,7 +586,9 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _run_arm(run: _Run, arm: str, stages: list[tuple[str, dict]], log: Callable[[str], None]) -> dict:
+def _run_arm(run: _Run, arm: str, stages: list[tuple[str, dict]], log: Callable[[str], None],
+             selected: bool = True) -> dict:
+    """Run one arm's stages; an arm not ``selected`` (``--arms``) only reports the stages it finished earlier."""
     state = _State(weights=run.base.get("checkpoint"))
     arm_dir = run.run_dir / arm if arm else run.run_dir
     rows: list[dict] = []
@@ -555,6 +607,8 @@ def _run_arm(run: _Run, arm: str, stages: list[tuple[str, dict]], log: Callable[
             saved = json.loads(done.read_text())
             result, state = saved["result"], _State(**saved["state"])
             log(f"[{label}] done earlier: skipped (--resume)")
+        elif not selected:
+            break
         else:
             t0 = time.perf_counter()
             log(f"[{label}] running")
@@ -581,10 +635,25 @@ def _run_arm(run: _Run, arm: str, stages: list[tuple[str, dict]], log: Callable[
     return {"final": final_key}
 
 
+def _hardware() -> dict:
+    """Where the run happened, so that the seconds in the results read as CPU- or GPU-minutes."""
+    if torch.cuda.is_available():
+        return {"device": "cuda", "name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count()}
+    return {"device": "cpu", "threads": torch.get_num_threads(), "cores": os.cpu_count()}
+
+
 def run_recipe(recipe: dict, out_root: Path | None = None, results_path: Path | None = None, resume: bool = False,
-               progress: bool = True, command: str | None = None, log: Callable[[str], None] = print) -> dict:
-    """Run every stage (of every arm) of a loaded recipe; return the results dict (also written as JSON)."""
+               progress: bool = True, command: str | None = None, log: Callable[[str], None] = print,
+               arms: list[str] | tuple[str, ...] | None = None) -> dict:
+    """Run every stage (of every arm, or of the ``arms`` named) of a loaded recipe; return the results dict
+    (also written as JSON). Arms not named keep, with ``--resume``, what they finished earlier, so that one
+    comparison can be run arm by arm into one results file."""
     import torch.distributed as dist
+
+    listed = recipe["arms"] if "arms" in recipe else {"": recipe["stages"]}
+    unknown = [a for a in arms or () if a not in listed or not a]
+    if unknown:
+        raise RecipeError(f"recipe {recipe['_path']}: no arm {unknown[0]!r} (arms: {', '.join(listed) or 'none'})")
 
     from .train.data import dist_info
 
@@ -605,12 +674,12 @@ def run_recipe(recipe: dict, out_root: Path | None = None, results_path: Path | 
     cmd = command or f"stresnet recipe run {recipe['_path']}"
     run = _Run(recipe, run_dir, results_path, resume, progress and rank == 0, rank=rank, world=world)
     run.results = {"recipe": recipe["_path"], "command": cmd, "name": recipe["name"],
-                   "input_size": run.input_size, "world_size": world,
+                   "input_size": run.input_size, "world_size": world, "hardware": _hardware(),
                    "config": {k: v for k, v in recipe.items() if not k.startswith("_")}}
-    arms = recipe["arms"] if "arms" in recipe else {"": recipe["stages"]}
     say = log if rank == 0 else (lambda _: None)
-    for arm, stages in arms.items():
-        _run_arm(run, arm, _stage_list(copy.deepcopy(stages), arm or "stages"), say)
+    for arm, stages in listed.items():
+        _run_arm(run, arm, _stage_list(copy.deepcopy(stages), arm or "stages"), say,
+                 selected=arms is None or arm in arms)
     run.save_results()
     _barrier()
     if rank != 0 and results_path.is_file():  # rank 0 ran the eval stages: every rank returns its results

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stresnet.search.baselines import energy_rank, scale_to_budget, uniform_rank, vbmf_rank
+from stresnet.search.baselines import energy_rank, scale_to_at_least, scale_to_budget, uniform_rank, vbmf_rank
 
 
 def low_rank_plus_noise(rows: int, cols: int, rank: int, noise: float, seed: int = 0) -> np.ndarray:
@@ -119,3 +119,21 @@ def test_scale_to_budget_returns_hi_when_everything_fits():
 def test_scale_to_budget_raises_when_lo_does_not_fit():
     with pytest.raises(ValueError, match="limit"):
         scale_to_budget(lambda k: k, lambda k: k + 10, limit=5, lo=0.0, hi=1.0)
+
+
+# --- scale_to_at_least --------------------------------------------------------
+
+def test_scale_to_at_least_finds_the_smallest_plan_reaching_the_limit():
+    dims = [64, 128, 256]
+    make = lambda k: [uniform_rank(d, k, 4) for d in dims]  # noqa: E731
+    size = lambda plan: float(sum(plan))  # noqa: E731
+    plan = scale_to_at_least(make, size, limit=200, lo=0.0, hi=1.0)
+    reaching = [make(k) for k in np.linspace(0.0, 1.0, 20001) if size(make(k)) >= 200]
+    assert size(plan) >= 200 and plan == min(reaching, key=size)
+
+
+def test_scale_to_at_least_edges():
+    assert scale_to_at_least(lambda k: k, lambda k: k + 10, limit=5, lo=0.0, hi=1.0) == 0.0  # lo already enough
+    assert scale_to_at_least(lambda k: k, lambda k: 3 * k, limit=1.5, lo=0.0, hi=10.0) == pytest.approx(0.5, abs=1e-9)
+    with pytest.raises(ValueError, match="limit"):
+        scale_to_at_least(lambda k: k, lambda k: k, limit=5, lo=0.0, hi=1.0)

@@ -257,3 +257,89 @@ def test_plan_stage_takes_family_variants_and_names_a_bad_one(tree, tmp_path):
     with pytest.raises(RecipeError, match="femto"):
         run_recipe(load_recipe(_write(tmp_path, recipe)), out_root=tmp_path / "runs", results_path=tmp_path / "b.json",
                    progress=False, log=lambda _: None)
+
+
+def test_evidence_arms_uniform_scratch_and_dense_pruning_on_a_tiny_tree(tree, tmp_path, monkeypatch):
+    """The five arms of recipes/evidence_*.yaml on the tiny tree: the uniform plan holds at least the searched
+    plan's params, pruning of the dense base lands on them, the scratch arms start from one seeded random init
+    (not the decomposition), the no-KD arm never runs the teacher, and the report reads every arm back."""
+    import stresnet.train.engine as engine
+    from safetensors.torch import load_file
+    from stresnet.zoo.report import evidence_markdown, load_evidence
+
+    plan = str(REPO / "stresnet/zoo/plans/stresnet18_16x.json")
+    ft = {**TRAIN, "max_steps_per_epoch": 2}
+    recipe = {"name": "evidence_tiny", "evidence": {"variant": "tiny_16x"}, "data": str(tree), "input_size": 32,
+              "base": {"model": "resnet18", "num_classes": 3, "checkpoint": str(_random_base(tmp_path))},
+              "arms": {"searched": [{"plan": {"file": plan}}, {"decompose": {}}, {"finetune": ft}, {"eval": {}}],
+                       "uniform": [{"plan": {"file": plan}}, {"plan": {"id": "uniform_plan", "uniform": {"step": 4}}},
+                                   {"decompose": {}}, {"finetune": ft}, {"eval": {}}],
+                       "scratch_kd": [{"plan": {"file": plan}}, {"reinit": {"seed": 3}}, {"finetune": ft}, {"eval": {}}],
+                       "scratch": [{"plan": {"file": plan}}, {"reinit": {"seed": 3}},
+                                   {"finetune": {**ft, "teacher": "none", "kd_alpha": 0.0}}, {"eval": {}}],
+                       "pruned": [{"plan": {"file": plan}}, {"lrs_plan": {"method": "prune", "over": "base"}},
+                                  {"decompose": {}},
+                                  {"finetune": {**ft, "sparsity": {"start_density": 1.0, "end": 0.5, "update_every": 1}}},
+                                  {"eval": {}}]}}
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    teacher_logits: dict[str, list[bool]] = {}
+    current = {"arm": ""}
+    real_kd = engine.kd_loss
+
+    def spy(student, teacher, *args, **kwargs):
+        teacher_logits.setdefault(current["arm"], []).append(teacher is not None)
+        return real_kd(student, teacher, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "kd_loss", spy)
+    results = run_recipe(load_recipe(_write(recipes, recipe, "evidence_tiny.yaml")), out_root=tmp_path / "runs",
+                         results_path=tmp_path / "results" / "evidence_tiny.json", progress=False,
+                         log=lambda line: current.update(arm=line[1:].split("/")[0]))
+    arms = results["arms"]
+    assert results["hardware"]["device"] in ("cpu", "cuda")
+    searched = arms["searched"]["final"]["params"]
+    assert searched <= arms["uniform"]["final"]["params"] <= 1.05 * searched
+    assert arms["pruned"]["final"]["params"] == pytest.approx(searched, abs=2)
+    assert arms["scratch"]["final"]["params"] == arms["scratch_kd"]["final"]["params"] == searched
+
+    uniform = json.loads((tmp_path / "runs/evidence_tiny/uniform/uniform_plan/plan.json").read_text())["layers"]
+    assert len(uniform) == 20 and all(s["type"] == "tucker2" for s in uniform.values())
+    ratio = next(s["result"]["ratio"] for s in arms["uniform"]["stages"] if s["id"] == "uniform_plan")
+    for name, channels in (("layer1.0.conv1", 64), ("layer3.1.conv2", 256), ("layer4.1.conv2", 512)):
+        assert all(abs(r - ratio * channels) <= 2 for r in uniform[name]["ranks"]), name  # one ratio, step 4
+    pruned = json.loads((tmp_path / "runs/evidence_tiny/pruned/lrs_plan/plan.json").read_text())
+    assert "surgery" not in pruned and len(pruned["layers"]) == 20
+    assert len({s["density"] for s in pruned["layers"].values()}) == 1
+
+    runs = tmp_path / "runs/evidence_tiny"
+    init_kd, init_ce = (load_file(str(runs / arm / "reinit/model.safetensors")) for arm in ("scratch_kd", "scratch"))
+    decomposed = load_file(str(runs / "searched/decompose/model.safetensors"))
+    key = "layer2.0.conv1.core.weight"
+    assert torch.equal(init_kd[key], init_ce[key])  # one seeded init for both scratch arms
+    assert not torch.allclose(init_kd[key], decomposed[key])  # and not the base's decomposition
+
+    assert teacher_logits["scratch"] and not any(teacher_logits["scratch"])  # no teacher forward at all
+    assert all(teacher_logits["scratch_kd"]) and all(teacher_logits["searched"])
+
+    evidence, base = load_evidence(recipes, tmp_path / "results")
+    assert [len(evidence[0].arms[k].runs) for k in evidence[0].arms] == [1, 1, 1, 1, 1]
+    assert "Budget, the same for the 5 runs above" in evidence_markdown(evidence, base)
+
+
+def test_arms_can_be_run_one_at_a_time_into_one_results_file(tree, tmp_path):
+    plan = str(REPO / "stresnet/zoo/plans/stresnet18_8x.json")
+    recipe = {"name": "by_arm", "data": str(tree), "input_size": 32, "base": {"model": "resnet18", "num_classes": 3},
+              "arms": {"a": [{"plan": {"file": plan}}, {"plan": {"id": "u", "uniform": {}}}],
+                       "b": [{"plan": {"variant": "pico"}}]}}
+    path = _write(tmp_path, recipe)
+    kw = dict(out_root=tmp_path / "runs", results_path=tmp_path / "r.json", progress=False)
+    with pytest.raises(RecipeError, match="no arm 'c'"):
+        run_recipe(load_recipe(path), arms=["c"], log=lambda _: None, **kw)
+    first = run_recipe(load_recipe(path), arms=["b"], log=lambda _: None, **kw)
+    assert [s["id"] for s in first["arms"]["b"]["stages"]] == ["plan"] and first["arms"]["a"]["stages"] == []
+    lines: list[str] = []
+    second = run_recipe(load_recipe(path), arms=["a"], resume=True, log=lines.append, **kw)
+    assert [s["id"] for s in second["arms"]["a"]["stages"]] == ["plan", "u"]
+    assert second["arms"]["b"] == first["arms"]["b"]  # kept, not rerun
+    assert "[b/plan] done earlier: skipped (--resume)" in lines and "[a/u] running" in lines
+    assert json.loads((tmp_path / "r.json").read_text())["arms"]["b"]["stages"][0]["id"] == "plan"

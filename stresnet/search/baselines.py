@@ -14,7 +14,7 @@ from typing import Callable, TypeVar
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-__all__ = ["vbmf_rank", "energy_rank", "uniform_rank", "scale_to_budget"]
+__all__ = ["vbmf_rank", "energy_rank", "uniform_rank", "scale_to_budget", "scale_to_at_least"]
 
 T = TypeVar("T")
 
@@ -135,4 +135,36 @@ def scale_to_budget(
             lo, best = mid, plan
         else:
             hi = mid
+    return best
+
+
+def scale_to_at_least(
+    make_plan: Callable[[float], T],
+    size_of: Callable[[T], float],
+    limit: float,
+    lo: float,
+    hi: float,
+    iters: int = 40,
+) -> T:
+    """Plan for the smallest knob in [lo, hi] whose size is >= limit (size monotone in the knob).
+
+    The mirror of :func:`scale_to_budget`, for fine-tuned comparisons: the
+    baseline gets at least the compared plan's size, so a win over it is not
+    bought with fewer parameters.
+    """
+    if not lo <= hi:
+        raise ValueError(f"need lo <= hi, got lo={lo}, hi={hi}")
+    best = make_plan(hi)
+    if size_of(best) < limit:
+        raise ValueError(f"even the largest knob {hi:g} gives size {size_of(best):g} < limit {limit:g}")
+    bottom = make_plan(lo)
+    if size_of(bottom) >= limit:
+        return bottom
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        plan = make_plan(mid)
+        if size_of(plan) >= limit:
+            hi, best = mid, plan
+        else:
+            lo = mid
     return best

@@ -77,6 +77,7 @@ __all__ = [
     "GradualSparsityHook",
     "lrs_plan_like",
     "pruning_plan_like",
+    "dense_pruning_plan",
     "tune_split",
     "DEFAULT_FRACTIONS",
 ]
@@ -333,6 +334,30 @@ def pruning_plan_like(model: nn.Module, tucker_plan: Plan | Mapping[str, Any]) -
               for name, spec in plan.layers.items()}
     return _derived(plan, layers, {"method": "magnitude-pruning", "density": density,
                                    "params": plan_params(work, Plan(layers=layers))})
+
+
+def dense_pruning_plan(model: nn.Module, target_params: int, base: Mapping[str, Any] | None = None) -> Plan:
+    """Every plain conv of the unmodified ``model`` magnitude-pruned to one density, ``target_params`` in all.
+
+    The baseline a user would try first: the dense network, no surgery and no
+    factorisation, pruned to the stored size (values + indices, cost.py's
+    definition) of a compressed model -- unlike :func:`pruning_plan_like`,
+    which prunes only the convs a Tucker plan compresses, after its surgery.
+    """
+    convs = {n: m for n, m in model.named_modules() if type(m) is nn.Conv2d and m.groups == 1}
+    if not convs:
+        raise PlanError("dense_pruning_plan: the model has no plain conv to prune")
+    fixed = _static(model)[0] - sum(_static(c)[0] for c in convs.values())
+    fixed += sum(c.out_channels + 1 + _bias(c) for c in convs.values())  # row pointers and biases
+    numel = sum(c.weight.numel() for c in convs.values())
+    density = (target_params - fixed) / (2 * numel)
+    if not 0.0 < density <= 1.0:
+        raise PlanError(f"dense_pruning_plan: {target_params} params need density {density:.4g}, outside (0, 1]")
+    layers = {name: {"type": "sparse", "density": density} for name in convs}
+    plan = Plan(layers=layers, base=copy.deepcopy(dict(base)) if base else None,
+                meta={"method": "magnitude-pruning", "over": "base", "density": density})
+    plan.meta["params"] = plan_params(model, plan)
+    return plan
 
 
 # ----------------------------------------------------------------------------- split

@@ -1,0 +1,379 @@
+"""Evidence report: the family's accuracy-vs-size front against its baselines, from recipe results only.
+
+The plan of the evidence is the recipes (``recipes/evidence_*.yaml``: which
+arms exist, for which zoo variant, via ``evidence: {variant: ...}``); the
+numbers are their results JSONs (``recipes/results/<name>.json``). An arm
+listed in a recipe without a finished ``eval`` is shown as "not run", never
+dropped or filled in. Arms are named by kind (``searched``, ``uniform``,
+``scratch_kd``, ``scratch``, ``pruned``), seed repeats as ``<kind>_seed<N>``;
+repeats of one kind are pooled into mean +/- std (sample std).
+
+Everything written here (markdown and ``pareto.png``) is a pure function of
+those files, so ``stresnet report`` regenerates it byte for byte.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["ReportError", "ARMS", "Evidence", "load_evidence", "evidence_markdown", "card_notes", "plot_pareto"]
+
+# kind: (arm number, short description)
+ARMS: dict[str, tuple[int, str]] = {
+    "searched": (1, "the zoo plan, decomposed from the base, KD"),
+    "uniform": (2, "uniform ranks at >= arm 1's params, decomposed, KD"),
+    "scratch_kd": (3, "arm 1's architecture, random init, KD"),
+    "scratch": (4, "arm 1's architecture, random init, no KD"),
+    "pruned": (5, "dense ResNet-18 magnitude-pruned to arm 1's stored params, KD"),
+}
+MARKERS = {"searched": ("o", "C3"), "uniform": ("s", "C0"), "scratch_kd": ("^", "C2"), "scratch": ("v", "C1"),
+           "pruned": ("D", "C4")}
+# fine-tune fields that must match between arms for "the same budget" (KD and seed differ by design)
+BUDGET_KEYS = ("epochs", "input_size", "batch_size", "optimizer", "lr", "min_lr", "momentum", "weight_decay",
+               "warmup_epochs", "label_smoothing", "kd_T", "max_steps_per_epoch")
+
+
+class ReportError(ValueError):
+    """A recipe or results file the report cannot read: the one-line message names the file."""
+
+
+@dataclass
+class Run:
+    """One finished arm instance (one recipe arm, one seed)."""
+
+    recipe: str
+    arm: str
+    top1: float
+    top5: float
+    images: int
+    params: int
+    macs: int
+    flash_bytes: int
+    epochs: int | None
+    seed: int | None
+    seconds: float | None
+    teacher: bool
+    config: dict
+    hardware: dict | None
+
+
+@dataclass
+class Arm:
+    kind: str
+    runs: list[Run] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # "recipe:arm" listed but without a finished eval
+
+    def values(self, key: str) -> list[float]:
+        return [getattr(r, key) for r in self.runs]
+
+    def mean(self, key: str = "top1") -> float:
+        v = self.values(key)
+        return sum(v) / len(v)
+
+    def std(self, key: str = "top1") -> float | None:
+        v = self.values(key)
+        if len(v) < 2:
+            return None
+        m = sum(v) / len(v)
+        return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+
+
+@dataclass
+class Evidence:
+    """Every arm of one zoo variant, pooled over the recipes that name it."""
+
+    variant: str
+    recipes: list[str] = field(default_factory=list)
+    arms: dict[str, Arm] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def runs(self) -> list[Run]:
+        return [r for kind in ARMS for r in self.arms[kind].runs]
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ReportError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    except OSError as e:
+        raise ReportError(f"{path}: cannot be read ({e.strerror})") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"{path}: expected a JSON object at the top level")
+    return data
+
+
+def _read_recipe(path: Path) -> dict:
+    import yaml
+
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ReportError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("arms"), dict):
+        raise ReportError(f"{path}: an evidence recipe needs 'arms'")
+    if not isinstance(recipe.get("evidence"), dict) or "variant" not in recipe["evidence"]:
+        raise ReportError(f"{path}: missing 'evidence: {{variant: ...}}' (which zoo variant the arms are about)")
+    return recipe
+
+
+def _kind(arm: str, where: str) -> str:
+    m = re.fullmatch(r"(.+?)(_seed\d+)?", arm)
+    if m is None or m.group(1) not in ARMS:
+        raise ReportError(f"{where}: arm {arm!r} is not one of {', '.join(ARMS)} (optionally + _seed<N>)")
+    return m.group(1)
+
+
+def _run(recipe: str, arm: str, row: Mapping[str, Any], hardware: dict | None, where: str) -> Run:
+    stages = row.get("stages") or []
+    for s in stages:  # a referenced recipe: its own stages and hardware
+        if s.get("type") == "reference":
+            stages, hardware = s["result"].get("stages") or [], s["result"].get("hardware")
+    tune = [s for s in stages if s.get("type") == "finetune"]
+    ft = tune[-1] if tune else {"params": {}, "result": {}}
+    final = row["final"]
+    try:
+        return Run(recipe=recipe, arm=arm, top1=float(final["top1"]), top5=float(final["top5"]),
+                   images=int(final["images"]), params=int(final["params"]), macs=int(final["macs"]),
+                   flash_bytes=int(final["flash_bytes"]), epochs=ft["result"].get("epochs"),
+                   seed=(ft["result"].get("config") or {}).get("seed"), seconds=ft["result"].get("seconds"),
+                   teacher=(ft.get("params") or {}).get("teacher", "base") != "none",
+                   config=dict(ft["result"].get("config") or {}), hardware=ft["result"].get("hardware", hardware))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ReportError(f"{where}: arm {arm!r} has a final eval without {e}") from None
+
+
+def load_evidence(recipes_dir: Path, results_dir: Path) -> tuple[list[Evidence], dict | None]:
+    """Every ``evidence_*.yaml`` in ``recipes_dir`` with its results from ``results_dir``; and the base's eval."""
+    if not recipes_dir.is_dir():
+        raise ReportError(f"{recipes_dir}: no such recipes folder")
+    if not results_dir.is_dir():
+        raise ReportError(f"{results_dir}: no such results folder")
+    by_variant: dict[str, Evidence] = {}
+    base = None
+    for path in sorted(recipes_dir.glob("evidence_*.yaml")):
+        recipe = _read_recipe(path)
+        name = str(recipe.get("name", path.stem))
+        variant = str(recipe["evidence"]["variant"])
+        ev = by_variant.setdefault(variant, Evidence(variant, arms={k: Arm(k) for k in ARMS}))
+        ev.recipes.append(name)
+        if recipe["evidence"].get("note"):
+            ev.notes.append(str(recipe["evidence"]["note"]).strip())
+        res_path = results_dir / f"{name}.json"
+        results = _read_json(res_path) if res_path.is_file() else {}
+        done = results.get("arms") or {}
+        for arm in recipe["arms"]:
+            kind = _kind(str(arm), str(path))
+            row = done.get(arm) or {}
+            if row.get("final"):
+                run = _run(name, str(arm), row, results.get("hardware"), str(res_path))
+                ev.arms[kind].runs.append(run)
+            else:
+                ev.arms[kind].missing.append(f"{name}:{arm}")
+            for s in row.get("stages") or []:
+                if base is None and s.get("type") == "reference" and (s["result"].get("base") or {}).get("top1"):
+                    base = s["result"]["base"]
+        if base is None and (results.get("base") or {}).get("top1") is not None:
+            base = results["base"]
+    order = {v: i for i, v in enumerate(("stresnet18_8x", "stresnet18_16x", "stresnet18_32x", "stresnet_pico"))}
+    return sorted(by_variant.values(), key=lambda e: (order.get(e.variant, len(order)), e.variant)), base
+
+
+# ----------------------------------------------------------------------------- text
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def _top1(arm: Arm) -> str:
+    if not arm.runs:
+        return "not run"
+    std = arm.std()
+    text = _pct(arm.mean()) if std is None else f"{_pct(arm.mean())} ± {_pct(std)} (n={len(arm.runs)})"
+    if arm.missing:
+        text += f", {len(arm.missing)} not run"
+    return text
+
+
+def _hardware(h: dict | None) -> str:
+    if not h:
+        return "device not recorded"
+    if h.get("device") == "cuda":
+        return f"{h.get('count', 1)}x {h.get('name', 'GPU')} (GPU-minutes)"
+    return f"CPU, {h.get('threads', '?')} threads of {h.get('cores', '?')} cores (CPU-minutes)"
+
+
+def _budget(runs: list[Run]) -> tuple[str, list[str]]:
+    """The shared fine-tune budget in words, and every field where the runs disagree."""
+    if not runs:
+        return "no arm has run yet", []
+    ref = runs[0]
+    diffs = []
+    for r in runs[1:]:
+        for k in BUDGET_KEYS:
+            if r.config.get(k) != ref.config.get(k):
+                diffs.append(f"{k} is {r.config.get(k)} in {r.recipe}:{r.arm} but {ref.config.get(k)} in "
+                             f"{ref.recipe}:{ref.arm}")
+    c = ref.config
+    kd = sorted({(r.config.get("kd_T"), r.config.get("kd_alpha")) for r in runs if r.teacher}, key=str)
+    kd_text = ", ".join(f"T={t} alpha={a}" for t, a in kd) if kd else "none"
+    no_kd = sorted({f"arm {ARMS[_kind(r.arm, r.recipe)][0]}" for r in runs if not r.teacher})
+    words = (f"{c.get('epochs')} epochs at {c.get('input_size')} px, batch {c.get('batch_size')}, "
+             f"{c.get('optimizer')} lr {c.get('lr')} cosine to {c.get('min_lr')}, {c.get('warmup_epochs')} warm-up "
+             f"epochs, label smoothing {c.get('label_smoothing')}; KD from the base: {kd_text}"
+             + (f" ({', '.join(no_kd)}: no teacher, plain cross-entropy)" if no_kd else ""))
+    return words, diffs
+
+
+def _verdicts(ev: Evidence) -> list[str]:
+    first = ev.arms["searched"]
+    if not first.runs:
+        return ["- Arm 1 has not run: no comparison is made."]
+    out = []
+    for kind, (num, label) in ARMS.items():
+        if kind == "searched":
+            continue
+        other = ev.arms[kind]
+        if not other.runs:
+            out.append(f"- Arm {num} ({label}) has not run: no comparison.")
+            continue
+        d = 100 * (first.mean() - other.mean())
+        images = round(abs(d) / 100 * first.runs[0].images)
+        spread = ""
+        if first.std() is not None or other.std() is not None:
+            def sd(a: Arm) -> str:
+                return f"{100 * a.std():.2f} pt (n={len(a.runs)})" if a.std() is not None else "a single seed"
+            spread = f"; seed std: arm 1 {sd(first)}, arm {num} {sd(other)}"
+        if d > 0:
+            out.append(f"- Arm 1 beats arm {num} ({label}) by {d:.2f} pt ({images} images){spread}.")
+        elif d == 0:
+            out.append(f"- **Arm 1 does not beat arm {num}** ({label}): they tie{spread}.")
+        else:
+            out.append(f"- **Arm 1 does not beat arm {num}** ({label}): arm {num} is ahead by {-d:.2f} pt "
+                       f"({images} images){spread}.")
+    return out
+
+
+def _table(ev: Evidence, base: Mapping[str, Any] | None) -> list[str]:
+    lines = ["| arm | what | top-1 (%) | vs base (pt) | top-5 (%) | params (M) | MMACs | int8 flash (KiB) | epochs "
+             "| fine-tune min | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for kind, (num, label) in ARMS.items():
+        arm = ev.arms[kind]
+        if not arm.runs:
+            lines.append(f"| {num} | {label} | not run | - | - | - | - | - | - | - | - |")
+            continue
+        r0 = arm.runs[0]
+        vs = f"{100 * (arm.mean() - base['top1']):+.2f}" if base else "-"
+        minutes = [r.seconds / 60 for r in arm.runs if r.seconds is not None]
+        mins = f"{sum(minutes) / len(minutes):.1f}" if minutes else "-"
+        seeds = ", ".join(str(r.seed) for r in arm.runs)
+        lines.append(f"| {num} | {label} | {_top1(arm)} | {vs} | {_pct(arm.mean('top5'))} | {r0.params / 1e6:.3f} | "
+                     f"{r0.macs / 1e6:.1f} | {r0.flash_bytes / 1024:.1f} | {r0.epochs} | {mins} | {seeds} |")
+    return lines
+
+
+def _variant_section(ev: Evidence, base: Mapping[str, Any] | None, level: str = "###") -> list[str]:
+    runs = ev.runs
+    budget, diffs = _budget(runs)
+    hw = sorted({_hardware(r.hardware) for r in runs})
+    lines = [f"{level} {ev.variant}", "",
+             "Recipes: " + ", ".join(f"`recipes/{n}.yaml`" for n in ev.recipes) + ".", ""]
+    lines += _table(ev, base) + [""]
+    checked = f"the same for the {len(runs)} runs above (checked from their JSONs; KD and seed aside)" if runs else ""
+    lines.append(f"Budget{', ' + checked if checked and not diffs else ''}: {budget}."
+                 + (f" Fine-tune minutes on: {'; '.join(hw)}." if hw else ""))
+    if diffs:
+        lines += ["", "**The budgets are not identical**: " + "; ".join(diffs) + "."]
+    if runs:
+        lines += ["", f"One `val` image is {100 / runs[0].images:.2f} pt ({runs[0].images} images)."]
+    lines += [""] + _verdicts(ev)
+    lines += [""] + [f"Note: {n}" for n in ev.notes] + ([""] if ev.notes else [])
+    return lines
+
+
+def evidence_markdown(evidence: list[Evidence], base: Mapping[str, Any] | None) -> str:
+    """The evidence section of ``zoo_cards/README.md``: one table per variant, plain verdicts, the budget."""
+    lines = ["## Evidence: the zoo plans against their baselines, one fine-tune budget", "",
+             "Generated by `stresnet report` from `recipes/evidence_*.yaml` and their results in "
+             "`recipes/results/`; an arm without results is shown as not run. Arm 1 is the zoo recipe "
+             "(CompressNAS-searched plans; pico: the STResNet rank table). Arms: "
+             + "; ".join(f"{n} = {label}" for n, label in ARMS.values()) + ". "
+             "Top-1/top-5 on Imagenette `val`; \"fine-tune min\" is the fine-tuning wall time per run.", ""]
+    if base:
+        lines += [f"Base (uncompressed ResNet-18): {_pct(base['top1'])} % top-1 at {base['params'] / 1e6:.3f} M "
+                  f"params.", ""]
+    if not evidence:
+        lines += ["No evidence recipe found.", ""]
+    for ev in evidence:
+        lines += _variant_section(ev, base)
+    lines += ["![top-1 vs params, every arm](pareto.png)", ""]
+    return "\n".join(lines)
+
+
+def card_notes(evidence: list[Evidence], base: Mapping[str, Any] | None, tag: str = "imagenette") -> dict[str, str]:
+    """``{"<variant>.<tag>": markdown}``: each variant's evidence, for its model card."""
+    notes = {}
+    for ev in evidence:
+        body = _variant_section(ev, base, level="##")
+        body[0] = "## Evidence: against the baselines at the same fine-tune budget"
+        notes[f"{ev.variant}.{tag}"] = "\n".join(body).rstrip() + "\n\nGenerated by `stresnet report`."
+    return notes
+
+
+# ----------------------------------------------------------------------------- plot
+
+def plot_pareto(evidence: list[Evidence], base: Mapping[str, Any] | None, path: Path) -> Path:
+    """Top-1 vs params (log x), one marker per arm kind (mean +/- std over seeds), the base as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from matplotlib.ticker import FuncFormatter
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for kind, (num, label) in ARMS.items():
+        marker, color = MARKERS[kind]
+        xs, ys, errs = [], [], []
+        for ev in evidence:
+            arm = ev.arms[kind]
+            if arm.runs:
+                xs.append(arm.runs[0].params / 1e6)
+                ys.append(100 * arm.mean())
+                errs.append(100 * (arm.std() or 0.0))
+        if xs:
+            ax.errorbar(xs, ys, yerr=errs, fmt=marker, color=color, capsize=3, label=f"arm {num}: {label}")
+    for ev in evidence:
+        if ev.arms["searched"].runs:
+            arm = ev.arms["searched"]
+            ax.annotate(ev.variant, (arm.runs[0].params / 1e6, 100 * arm.mean()), textcoords="offset points",
+                        xytext=(5, 4), fontsize=7)
+    if base:
+        ax.axhline(100 * base["top1"], color="k", linestyle="--", linewidth=1,
+                   label=f"ResNet-18 base ({base['params'] / 1e6:.2f} M)")
+    if not any(ev.runs for ev in evidence):
+        ax.text(0.5, 0.5, "no evidence arm has run yet", transform=ax.transAxes, ha="center", va="center")
+    ax.set_xscale("log")
+    ax.margins(x=0.15)
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel("parameters (M, log scale; sparse indices counted)")
+    ax.set_ylabel("top-1 on Imagenette val (%)")
+    ax.grid(alpha=0.3, which="both")
+    handles, _ = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return path

@@ -1,0 +1,144 @@
+"""`stresnet report`: evidence tables and pareto.png from recipe results only, byte for byte, honest about gaps.
+
+The fixtures are small results JSONs in the runner's shape (arms -> stages ->
+finetune/eval results, a ``reference`` arm for the zoo recipe) written next to
+evidence recipes in a temporary folder.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stresnet.zoo.report import ReportError, card_notes, evidence_markdown, load_evidence, plot_pareto
+
+REPO = Path(__file__).resolve().parents[1]
+EXPECTED = Path(__file__).parent / "fixtures" / "report_expected.md"
+FT = {"epochs": 2, "input_size": 128, "batch_size": 64, "optimizer": "sgd", "lr": 0.01, "min_lr": 0.0,
+      "momentum": 0.9, "weight_decay": 1e-4, "warmup_epochs": 0.2, "label_smoothing": 0.1, "kd_T": 4.0,
+      "kd_alpha": 0.5, "max_steps_per_epoch": None}
+BASE = {"model": "resnet18", "top1": 0.885, "top5": 0.98, "images": 2000, "params": 11181642, "macs": 592188416,
+        "flash_bytes": 11210512}
+HW = {"device": "cpu", "threads": 2, "cores": 2}
+
+
+def _arm(top1: float, params: int, seed: int = 0, seconds: float = 480.0, teacher: bool = True,
+         reference: bool = False, **config) -> dict:
+    tune = {"id": "finetune", "type": "finetune", "params": {} if teacher else {"teacher": "none"},
+            "result": {"epochs": 2, "seconds": seconds, "config": {**FT, "seed": seed, **config}}}
+    final = {"top1": top1, "top5": 0.99, "images": 2000, "params": params, "macs": params * 20,
+             "flash_bytes": params + 4096}
+    stages = [{"id": "plan", "type": "plan", "params": {}, "result": {}}, tune,
+              {"id": "eval", "type": "eval", "params": {}, "result": final}]
+    if reference:  # arm 1: the zoo recipe's own stages, quoted by a reference stage
+        stages = [{"id": "reference", "type": "reference", "params": {},
+                   "result": {"final": final, "stages": stages, "base": BASE, "hardware": HW}}]
+    return {"stages": stages, "final": final}
+
+
+def _recipe(name: str, variant: str, arms: list[str]) -> dict:
+    return {"format": "stresnet-recipe/1", "name": name, "evidence": {"variant": variant}, "data": "x",
+            "base": {"model": "resnet18"}, "arms": {a: [{"eval": {}}] for a in arms}}
+
+
+def _fixture(root: Path, lr_16x_uniform: float = 0.01) -> tuple[Path, Path]:
+    recipes, results = root / "recipes", root / "results"
+    recipes.mkdir(parents=True)
+    results.mkdir()
+    kinds = ["searched", "uniform", "scratch_kd", "scratch", "pruned"]
+    files = {
+        "evidence_8x": (_recipe("evidence_8x", "stresnet18_8x", kinds), {
+            "searched": _arm(0.870, 1397491, reference=True), "uniform": _arm(0.880, 1454787),
+            "scratch_kd": _arm(0.500, 1397491), "scratch": _arm(0.400, 1397491, teacher=False, kd_alpha=0.0)}),
+        "evidence_16x": (_recipe("evidence_16x", "stresnet18_16x", kinds), {
+            "searched": _arm(0.860, 696819, reference=True), "uniform": _arm(0.840, 737003, lr=lr_16x_uniform),
+            "scratch_kd": _arm(0.450, 696819), "scratch": _arm(0.350, 696819, teacher=False, kd_alpha=0.0),
+            "pruned": _arm(0.800, 696820)}),
+        "evidence_16x_seeds": (_recipe("evidence_16x_seeds", "stresnet18_16x",
+                                       ["searched_seed1", "uniform_seed1", "searched_seed2", "uniform_seed2"]), {
+            "searched_seed1": _arm(0.870, 696819, seed=1), "uniform_seed1": _arm(0.850, 737003, seed=1),
+            "searched_seed2": _arm(0.880, 696819, seed=2)}),  # uniform_seed2 has not run
+        "evidence_pico": (_recipe("evidence_pico", "stresnet_pico", kinds), None),  # nothing has run
+    }
+    for name, (recipe, arms) in files.items():
+        (recipes / f"{name}.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        if arms is not None:
+            (results / f"{name}.json").write_text(json.dumps({"name": name, "hardware": HW, "arms": arms}))
+    return recipes, results
+
+
+def _render(recipes: Path, results: Path, out: Path) -> tuple[str, bytes]:
+    evidence, base = load_evidence(recipes, results)
+    plot_pareto(evidence, base, out / "pareto.png")
+    return evidence_markdown(evidence, base), (out / "pareto.png").read_bytes()
+
+
+def _section(md: str, variant: str) -> str:
+    return md.split(f"### {variant}\n", 1)[1].split("\n### ", 1)[0]
+
+
+def test_regenerates_byte_for_byte_and_matches_the_committed_output(tmp_path):
+    recipes, results = _fixture(tmp_path / "in")
+    md1, png1 = _render(recipes, results, tmp_path / "a")
+    md2, png2 = _render(recipes, results, tmp_path / "b")
+    assert md1 == md2 and png1 == png2
+    assert png1[:8] == b"\x89PNG\r\n\x1a\n" and len(png1) > 10_000
+    assert md1 == EXPECTED.read_text()
+
+
+def test_arms_without_results_are_shown_as_not_run(tmp_path):
+    md, _ = _render(*_fixture(tmp_path / "in"), tmp_path)
+    eight = _section(md, "stresnet18_8x")
+    assert "| 5 | dense ResNet-18 magnitude-pruned to arm 1's stored params, KD | not run |" in eight
+    assert "Arm 5 (dense ResNet-18 magnitude-pruned to arm 1's stored params, KD) has not run" in eight
+    pico = _section(md, "stresnet_pico")
+    assert pico.count("| not run |") == 5 and "Arm 1 has not run: no comparison is made." in pico
+    # seeds 0 and 1 of 16x arm 2 ran, seed 2 did not: pooled over what ran, the gap named
+    assert "84.50 ± 0.71 (n=2), 1 not run" in _section(md, "stresnet18_16x")
+
+
+def test_arm_1_losing_is_said_plainly_and_seed_spread_is_reported(tmp_path):
+    md, _ = _render(*_fixture(tmp_path / "in"), tmp_path)
+    eight = _section(md, "stresnet18_8x")
+    assert "**Arm 1 does not beat arm 2** (uniform ranks at >= arm 1's params, decomposed, KD): arm 2 is ahead " \
+           "by 1.00 pt (20 images)." in eight
+    assert "Arm 1 beats arm 3 (arm 1's architecture, random init, KD) by 37.00 pt (740 images)." in eight
+    sixteen = _section(md, "stresnet18_16x")
+    assert "| 87.00 ± 1.00 (n=3) | -1.50 |" in sixteen  # mean of 86/87/88, sample std, vs the 88.5 base
+    assert "Arm 1 beats arm 2 (uniform ranks at >= arm 1's params, decomposed, KD) by 2.50 pt (50 images); " \
+           "seed std: arm 1 1.00 pt (n=3), arm 2 0.71 pt (n=2)." in sixteen
+    assert "| 0, 1, 2 |" in sixteen
+    assert "Budget, the same for the 8 runs above" in sixteen and "(arm 4: no teacher" in sixteen
+    notes = card_notes(*load_evidence(tmp_path / "in" / "recipes", tmp_path / "in" / "results"))
+    assert set(notes) == {f"{v}.imagenette" for v in ("stresnet18_8x", "stresnet18_16x", "stresnet_pico")}
+    assert "**Arm 1 does not beat arm 2**" in notes["stresnet18_8x.imagenette"]
+    assert "2 epochs at 128 px" in notes["stresnet18_16x.imagenette"]
+
+
+def test_a_different_budget_is_flagged(tmp_path):
+    md, _ = _render(*_fixture(tmp_path / "in", lr_16x_uniform=0.05), tmp_path)
+    sixteen = _section(md, "stresnet18_16x")
+    assert "**The budgets are not identical**: lr is 0.05 in evidence_16x:uniform" in sixteen
+    assert "Budget, the same" not in sixteen
+
+
+def test_bad_input_is_one_line_naming_the_file(tmp_path):
+    recipes, results = _fixture(tmp_path / "in")
+    (results / "evidence_8x.json").write_text('{"arms": {')
+    with pytest.raises(ReportError, match="evidence_8x.json: not valid JSON"):
+        load_evidence(recipes, results)
+    proc = subprocess.run([sys.executable, "-m", "stresnet.cli", "report", "--recipes", str(recipes), "--results",
+                           str(results), "--out", str(tmp_path / "cards")], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "evidence_8x.json" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "cards").exists()
+    (recipes / "evidence_zz.yaml").write_text(yaml.safe_dump(_recipe("evidence_zz", "x", ["lottery"])))
+    (results / "evidence_8x.json").unlink()
+    with pytest.raises(ReportError, match="evidence_zz.yaml: arm 'lottery'"):
+        load_evidence(recipes, results)
+    with pytest.raises(ReportError, match="no such results folder"):
+        load_evidence(recipes, tmp_path / "absent")
