@@ -197,7 +197,8 @@ def _cmd_cards(args: argparse.Namespace) -> int:
         base = ({**data["base"], "recipe": "shared base, measured by the eval stage (recipes/resnet18_imagenette.yaml rebuilds it)"}
                 if "base" in data else None)
     paths = write_cards(args.out, profiles, records, notes=card_notes(evidence, ev_base))
-    (args.out / "README.md").write_text(index_markdown(profiles, records, base, extra=evidence_markdown(evidence, ev_base)))
+    index = index_markdown(profiles, records, base, extra=evidence_markdown(evidence, ev_base))
+    (args.out / "README.md").write_text(index)
     plot = plot_family(records, base, args.out / "accuracy_vs_size.png")
     plot_pareto(evidence, ev_base, args.out / "pareto.png")
     print(f"wrote {len(paths)} cards, README.md, {plot.name + ', ' if plot else ''}pareto.png "

@@ -274,12 +274,14 @@ def test_evidence_arms_uniform_scratch_and_dense_pruning_on_a_tiny_tree(tree, tm
               "arms": {"searched": [{"plan": {"file": plan}}, {"decompose": {}}, {"finetune": ft}, {"eval": {}}],
                        "uniform": [{"plan": {"file": plan}}, {"plan": {"id": "uniform_plan", "uniform": {"step": 4}}},
                                    {"decompose": {}}, {"finetune": ft}, {"eval": {}}],
-                       "scratch_kd": [{"plan": {"file": plan}}, {"reinit": {"seed": 3}}, {"finetune": ft}, {"eval": {}}],
+                       "scratch_kd": [{"plan": {"file": plan}}, {"reinit": {"seed": 3}}, {"finetune": ft},
+                                      {"eval": {}}],
                        "scratch": [{"plan": {"file": plan}}, {"reinit": {"seed": 3}},
                                    {"finetune": {**ft, "teacher": "none", "kd_alpha": 0.0}}, {"eval": {}}],
                        "pruned": [{"plan": {"file": plan}}, {"lrs_plan": {"method": "prune", "over": "base"}},
                                   {"decompose": {}},
-                                  {"finetune": {**ft, "sparsity": {"start_density": 1.0, "end": 0.5, "update_every": 1}}},
+                                  {"finetune": {**ft, "sparsity": {"start_density": 1.0, "end": 0.5,
+                                                                   "update_every": 1}}},
                                   {"eval": {}}]}}
     recipes = tmp_path / "recipes"
     recipes.mkdir()
