@@ -31,7 +31,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -325,6 +325,17 @@ def _split(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
+def _machine_busy_seconds() -> float | None:
+    """CPU-seconds spent by all processes on this machine so far (Linux ``/proc/stat``), or None elsewhere."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    ticks = [int(v) for v in fields]
+    busy = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)  # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def bench_latency(
     models: Mapping[str, nn.Module],
     input_size: Sequence[int] = (3, 128, 128),
@@ -339,11 +350,14 @@ def bench_latency(
 
     PyTorch runs under ``torch.inference_mode()`` with ``torch.set_num_threads(threads)``
     (restored afterwards); onnxruntime runs a fresh fp32 export (temporary
-    directory) with ``intra_op_num_threads=threads``. After ``warmup`` untimed
-    runs of each (model, backend), the ``iters`` timed runs are spread over
-    ``rounds`` round-robin rounds -- each round times every model on one
-    backend, then on the next -- so drifts in machine load affect all models
-    alike; each (model, backend) block starts with one untimed run.
+    directory) with ``intra_op_num_threads=threads``. One backend is timed at a
+    time, and its ``iters`` timed runs per model are spread over ``rounds``
+    round-robin rounds (every model once per round), so drifts in machine load
+    affect all models alike. Every (round, model) block starts with ``warmup``
+    untimed runs, and an onnxruntime session lives for one block only: each
+    session owns a thread pool whose workers spin after a run, and with several
+    sessions alive the idle ones' spinning steals the cores of the one being
+    timed (seen here: 2-thread medians of small models inflated up to 2x).
 
     For each model: ``macs`` (``cost.profile`` at ``input_size``), ``mac_ratio``
     = baseline MACs / model MACs, and per backend ``median_ms``, ``p90_ms``,
@@ -369,7 +383,7 @@ def bench_latency(
     x_np = x.numpy()
     old_threads = torch.get_num_threads()
     flags = [(m, m.training) for model in models.values() for m in model.modules()]
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    busy_before, own_before, wall_before = _machine_busy_seconds(), time.process_time(), time.perf_counter()
     times: dict[tuple[str, str], list[float]] = {(n, b): [] for n in models for b in backends}
     macs = {name: profile(model, input_size).macs for name, model in models.items()}
     try:
@@ -377,32 +391,34 @@ def bench_latency(
         for model in models.values():
             model.eval()
         with tempfile.TemporaryDirectory(prefix="stresnet-bench-") as tmp:
-            runners: dict[tuple[str, str], Any] = {}
-            for i, (name, model) in enumerate(models.items()):
-                if "torch" in backends:
-                    runners[name, "torch"] = (lambda m=model: m(x))
-                if "onnxruntime" in backends:
-                    path = export_onnx(model, Path(tmp) / f"m{i}.onnx", input_size, dynamic_batch=False)
-                    sess = _session(path, threads)
-                    feed = {sess.get_inputs()[0].name: x_np}
-                    runners[name, "onnxruntime"] = (lambda s=sess, f=feed: s.run(None, f))
+            onnx_files = ({name: export_onnx(model, Path(tmp) / f"m{i}.onnx", input_size, dynamic_batch=False)
+                           for i, (name, model) in enumerate(models.items())} if "onnxruntime" in backends else {})
             with torch.inference_mode():
-                for key, run in runners.items():
-                    for _ in range(warmup):
-                        run()
-                for per_round in _split(iters, rounds):
-                    for backend in backends:
-                        for name in models:
-                            run = runners[name, backend]
-                            run()  # settle: caches now hold this model
+                for backend in backends:
+                    for per_round in _split(iters, rounds):
+                        for name, model in models.items():
+                            if backend == "torch":
+                                run: Callable[[], Any] = (lambda m=model: m(x))
+                            else:
+                                sess = _session(onnx_files[name], threads)
+                                feed = {sess.get_inputs()[0].name: x_np}
+                                run = (lambda s=sess, f=feed: s.run(None, f))
+                            for _ in range(max(warmup, 1)):
+                                run()
                             for _ in range(per_round):
                                 t0 = time.perf_counter()
                                 run()
                                 times[name, backend].append((time.perf_counter() - t0) * 1e3)
+                            del run
+                            sess = None  # release the session (and its spinning thread pool) before the next one
     finally:
         torch.set_num_threads(old_threads)
         for m, flag in flags:
             m.training = flag
+    busy_after = _machine_busy_seconds()
+    other_cores = (None if busy_before is None or busy_after is None else
+                   max(0.0, (busy_after - busy_before) - (time.process_time() - own_before))
+                   / (time.perf_counter() - wall_before))
 
     out_models: dict[str, Any] = {}
     for name in models:
@@ -437,8 +453,8 @@ def bench_latency(
             "onnxruntime": onnxruntime.__version__,
             "cpu": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
-            "loadavg_before": list(load_before) if load_before else None,
-            "loadavg_after": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            # cores' worth of CPU time that other processes used while the bench ran
+            "other_processes_cores": other_cores,
         },
     }
 
@@ -472,18 +488,14 @@ def format_latency(result: Mapping[str, Any]) -> str:
                 cells += [f"{r['speedup']:.2f}x", f"{r['efficiency']:.2f}"]
         rows.append(cells)
     c, h, w = result["input_size"]
-    env = result.get("env", {})
-    load = env.get("loadavg_before")
+    other = result.get("env", {}).get("other_processes_cores")
     title = (f"batch-1 CPU latency at {c}x{h}x{w}, {result['threads']} thread(s), {result['iters']} iters "
              f"in {result['rounds']} round-robin rounds after {result['warmup']} warm-up"
              + (f"; speedup vs {result['baseline']} in the same run" if has_base else "")
-             + (f"; load avg {load[0]:.2f}" if load else ""))
+             + (f"; other processes used {other:.2f} cores meanwhile" if other is not None else ""))
     lines = [title, *_table(header, rows)]
-    cpus = env.get("cpu_count")
-    after = env.get("loadavg_after")
-    busiest = max(load[0] if load else 0.0, after[0] if after else 0.0)
-    if cpus and busiest > cpus + 0.5:  # the bench itself keeps ~threads cores busy
-        lines.append(f"warning: load average up to {busiest:.2f} on {cpus} CPUs: other processes competed for the "
+    if other is not None and other > 0.25:
+        lines.append(f"warning: other processes used {other:.2f} cores during the bench: they competed for the "
                      "cores; timings (PyTorch's OpenMP pool especially) are unreliable")
     return "\n".join(lines)
 

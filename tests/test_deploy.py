@@ -265,3 +265,12 @@ def test_bench_int8_cli_needs_tagged_published_names(tree: Path, capsys) -> None
     assert main(["bench", "int8", "resnet18", "--data", str(tree)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'resnet18'" in err[0] and "arch.tag" in err[0]
+
+
+def test_latency_table_warns_only_when_other_processes_competed() -> None:
+    res = bench_latency({"a": TinyNet().eval()}, (3, 16, 16), threads=1, warmup=1, iters=2, baseline="a", rounds=1)
+    assert res["env"]["other_processes_cores"] is None or res["env"]["other_processes_cores"] >= 0
+    res["env"]["other_processes_cores"] = 0.05
+    assert "warning" not in format_latency(res)
+    res["env"]["other_processes_cores"] = 1.3
+    assert "warning: other processes used 1.30 cores" in format_latency(res)
