@@ -287,8 +287,8 @@ def _variant_section(ev: Evidence, base: Mapping[str, Any] | None, level: str = 
     lines = [f"{level} {ev.variant}", "",
              "Recipes: " + ", ".join(f"`recipes/{n}.yaml`" for n in ev.recipes) + ".", ""]
     lines += _table(ev, base) + [""]
-    checked = f"the same for the {len(runs)} runs above (checked from their JSONs; KD and seed aside)" if runs else ""
-    lines.append(f"Budget{', ' + checked if checked and not diffs else ''}: {budget}."
+    checked = f"the same for the {len(runs)} runs above (checked from their JSONs; KD and seed aside)"
+    lines.append(f"Budget{', ' + checked if len(runs) > 1 and not diffs else ''}: {budget}."
                  + (f" Fine-tune minutes on: {'; '.join(hw)}." if hw else ""))
     if diffs:
         lines += ["", "**The budgets are not identical**: " + "; ".join(diffs) + "."]
@@ -306,7 +306,8 @@ def evidence_markdown(evidence: list[Evidence], base: Mapping[str, Any] | None) 
              "`recipes/results/`; an arm without results is shown as not run. Arm 1 is the zoo recipe "
              "(CompressNAS-searched plans; pico: the STResNet rank table). Arms: "
              + "; ".join(f"{n} = {label}" for n, label in ARMS.values()) + ". "
-             "Top-1/top-5 on Imagenette `val`; \"fine-tune min\" is the fine-tuning wall time per run.", ""]
+             "Top-1/top-5 on Imagenette `val`; \"fine-tune min\" is the fine-tuning wall time per run, which "
+             "depends on what else the machine was running: the budget is the epochs and schedule.", ""]
     if base:
         lines += [f"Base (uncompressed ResNet-18): {_pct(base['top1'])} % top-1 at {base['params'] / 1e6:.3f} M "
                   f"params.", ""]
