@@ -6,6 +6,8 @@ Imports are scoped inside each entry so ``torch.hub.list`` works with only torch
 installed; building a model needs timm and this package (``pip install -e .``).
 ``pretrained=True`` takes a weight tag, e.g. ``tag='imagenette'`` (default) or
 ``'in1k'``, and loads verified safetensors from the Hugging Face cache.
+The YOLO entries (``yolov5s_2x``, ``yolov5n_2x``) also need ``ultralytics``
+(``pip install -e ".[detect]"``) and return an ultralytics ``YOLO``.
 """
 dependencies = ["torch", "timm", "safetensors"]
 
@@ -106,3 +108,27 @@ def stresnet_tiny(pretrained: bool = False, tag: str = "imagenette", **kwargs):
     kwargs such as num_classes or features_only.
     """
     return _create("stresnet_tiny", pretrained, tag, **kwargs)
+
+
+def yolov5s_2x(pretrained: bool = False, weights: str | None = None, **kwargs):
+    """YOLOv5su (ultralytics yolov5s.yaml, anchor-free) with Tucker-2 ranks searched at 1/2 of the parameters.
+
+    Returns an ultralytics ``YOLO``: ``model('image.jpg')`` gives ``Results`` with boxes. Args:
+    weights (a recipe's model.safetensors), nc (classes, default 80). No COCO weights are
+    published: ``pretrained=True`` raises, naming the recipe that makes them.
+    """
+    from stresnet.detect.hub import yolo_entry
+
+    return yolo_entry("yolov5s_2x", pretrained, weights, **kwargs)
+
+
+def yolov5n_2x(pretrained: bool = False, weights: str | None = None, **kwargs):
+    """YOLOv5nu (ultralytics yolov5n.yaml, anchor-free) with Tucker-2 ranks searched at 1/2 of the parameters.
+
+    Returns an ultralytics ``YOLO``: ``model('image.jpg')`` gives ``Results`` with boxes. Args:
+    weights (a recipe's model.safetensors), nc (classes, default 80). No COCO weights are
+    published: ``pretrained=True`` raises, naming the recipe that makes them.
+    """
+    from stresnet.detect.hub import yolo_entry
+
+    return yolo_entry("yolov5n_2x", pretrained, weights, **kwargs)

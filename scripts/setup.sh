@@ -9,4 +9,4 @@ PY=${PYTHON:-python3}
 # x86-64 Python 3.11 machines pip takes them from local disk); override with TORCH_SPEC.
 TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
 .venv/bin/python -m pip install -q --disable-pip-version-check $TORCH_SPEC
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,export,plot]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,export,plot,detect]"

@@ -325,11 +325,16 @@ def build(
 ) -> nn.Module:
     """Rebuild a compressed architecture from (base, plan): ``create(arch, **base_kwargs)`` then :func:`compress`.
 
-    ``create`` defaults to ``timm.create_model``; ``kwargs`` override the plan's
-    base arguments (e.g. ``num_classes``).
+    ``create`` defaults to ``timm.create_model`` (ultralytics' model yaml when the
+    base says ``"library": "ultralytics"``); ``kwargs`` override the plan's base
+    arguments (e.g. ``num_classes``).
     """
     if plan.base is None or "arch" not in plan.base:
         raise PlanError("plan: has no base architecture ('base': {'arch': ...}); pass the base model to compress()")
+    if create is None and plan.base.get("library") == "ultralytics":  # {"arch": "yolov5s.yaml", ...}
+        from .detect.model import build_detector
+
+        return build_detector(plan, nc=kwargs.get("nc") or kwargs.get("num_classes"))
     base = {k: v for k, v in plan.base.items() if k != "arch"}
     base.update(kwargs)
     if create is None:

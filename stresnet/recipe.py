@@ -167,6 +167,10 @@ def _stage_list(stages: Any, where: str) -> list[tuple[str, dict]]:
 
 
 def _check(recipe: dict, source: str) -> None:
+    if recipe.get("task") == "detect":  # YOLO detectors: stages of their own (stresnet/detect/recipe.py)
+        from .detect.recipe import check_detect_recipe
+
+        return check_detect_recipe(recipe, source)
     if recipe.get("format", RECIPE_FORMAT) != RECIPE_FORMAT:
         raise RecipeError(f"{source}: format {recipe.get('format')!r} is not {RECIPE_FORMAT}")
     for key in ("name", "data", "base"):
@@ -648,6 +652,10 @@ def run_recipe(recipe: dict, out_root: Path | None = None, results_path: Path | 
     """Run every stage (of every arm, or of the ``arms`` named) of a loaded recipe; return the results dict
     (also written as JSON). Arms not named keep, with ``--resume``, what they finished earlier, so that one
     comparison can be run arm by arm into one results file."""
+    if recipe.get("task") == "detect":  # YOLO detectors (stresnet/detect/recipe.py)
+        from .detect.recipe import run_detect_recipe
+
+        return run_detect_recipe(recipe, out_root, results_path, resume, progress, command, log)
     import torch.distributed as dist
 
     listed = recipe["arms"] if "arms" in recipe else {"": recipe["stages"]}

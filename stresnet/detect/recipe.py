@@ -1,0 +1,342 @@
+"""The ``task: detect`` recipe: COCO-layout data -> base -> search -> compress -> fine-tune -> val -> agreement.
+
+    format: stresnet-recipe/1
+    task: detect
+    name: yolov5n_2x_coco_mini
+    data: ${shared}/data/coco-mini        # COCO layout: images/<split>, annotations/instances_<split>.json
+    imgsz: 320
+    expected_cpu_minutes: 15              # the stated budget; the results say whether the run kept it
+    base: {model: yolov5n.yaml}           # + checkpoint: an ultralytics .pt to skip train_base
+    stages:
+      - prepare: {}                       # labels by ultralytics' convert_coco, into runs/<name>/data
+      - train_base: {epochs: 60}          # any ultralytics train argument (batch, lr0, optimizer ...)
+      - search: {budget: 2x}              # MSE estimator on calibration train images + ILP
+      - compress: {}                      # plan applied, weights from the decomposition; zero-shot mAP
+      - finetune: {epochs: 15}
+      - val: {}                           # mAP50-95 / mAP50 of base and compressed on the val split
+      - agreement: {conf: 0.25}           # compressed vs the base's own predictions
+      - card: {variant: yolov5n_2x, tag: coco-mini}
+
+Stages run in the order given; each writes ``runs/<name>/<id>/stage.json`` and
+``--resume`` skips the finished ones. ``recipes/results/<name>.json`` is
+rewritten after every stage.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..recipe import RECIPE_FORMAT, REPO, RecipeError, _atomic_json, _portable
+from . import DetectError
+
+STAGES = ("prepare", "train_base", "search", "compress", "finetune", "val", "agreement", "card")
+TRAIN_KEYS = ("epochs", "batch", "nbs", "workers", "lr0", "lrf", "optimizer", "warmup_epochs", "close_mosaic", "mosaic",
+              "seed", "patience", "cos_lr", "weight_decay", "momentum", "fraction", "cache", "hsv_h", "hsv_s",
+              "hsv_v", "degrees", "translate", "scale", "fliplr", "mixup")
+PARAMS = {
+    "prepare": ("limit",),
+    "train_base": TRAIN_KEYS,
+    "search": ("budget", "calib_images", "step", "seed", "expect_plan"),
+    "compress": (),
+    "finetune": TRAIN_KEYS,
+    "val": ("batch",),
+    "agreement": ("conf", "max_det", "limit"),
+    "card": ("variant", "tag", "out"),
+}
+
+
+def check_detect_recipe(recipe: dict, source: str) -> None:
+    """One line naming the field when a detect recipe cannot run."""
+    if recipe.get("format", RECIPE_FORMAT) != RECIPE_FORMAT:
+        raise RecipeError(f"{source}: format {recipe.get('format')!r} is not {RECIPE_FORMAT}")
+    for key in ("name", "data", "base", "stages"):
+        if key not in recipe:
+            raise RecipeError(f"{source}: missing required field {key!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(recipe["name"])):
+        raise RecipeError(f"{source}: name {recipe['name']!r} must be a plain file name")
+    if not isinstance(recipe["base"], dict) or "model" not in recipe["base"]:
+        raise RecipeError(f"{source}: base.model is required (an ultralytics yaml, e.g. yolov5s.yaml)")
+    stages = recipe["stages"]
+    if not isinstance(stages, list) or not stages:
+        raise RecipeError(f"{source}: stages: expected a non-empty list of stages")
+    for i, item in enumerate(stages):
+        if not (isinstance(item, dict) and len(item) == 1):
+            raise RecipeError(f"{source}: stages[{i}]: a stage is a one-key mapping like '- finetune: {{epochs: 2}}'")
+        (kind, params), = item.items()
+        if kind not in STAGES:
+            raise RecipeError(f"{source}: stages[{i}]: unknown detect stage {kind!r} (known: {', '.join(STAGES)})")
+        unknown = sorted(set(params or {}) - set(PARAMS[kind]) - {"id"})
+        if unknown:
+            raise RecipeError(f"{source}: stages[{i}].{kind}: unknown option {unknown[0]!r}")
+
+
+@dataclass
+class _State:
+    data_yaml: str | None = None
+    base: str | None = None          # ultralytics .pt of the uncompressed model
+    plan: str | None = None          # detector plan JSON
+    zero_shot: str | None = None     # compressed, straight from the decomposition
+    compressed: str | None = None    # compressed, current (fine-tuned once finetune ran)
+
+
+class _Run:
+    def __init__(self, recipe: dict, run_dir: Path, results_path: Path, log: Callable[[str], None]):
+        self.recipe, self.run_dir, self.results_path, self.log = recipe, run_dir, results_path, log
+        self.imgsz = int(recipe.get("imgsz", 320))
+        self.arch = str(recipe["base"]["model"])
+        self.results: dict = {}
+
+    def save(self) -> None:
+        _atomic_json(self.results_path, _portable(self.results))
+
+    def need(self, state: _State, what: str, stage: str, before: str) -> str:
+        value = getattr(state, what)
+        if value is None:
+            raise RecipeError(f"stage {stage}: needs {what.replace('_', '-')} (put a '{before}' stage before it)")
+        return value
+
+
+def _train_args(p: dict) -> dict:
+    return {k: v for k, v in p.items() if k not in ("epochs", "batch", "workers")}
+
+
+def _cost(model, imgsz: int) -> dict:
+    from ..cost import profile
+
+    out = {}
+    for size in sorted({imgsz, 640}):
+        prof = profile(model, (3, size, size))
+        out[size] = {"params": prof.params, "macs": prof.macs, "flash_bytes": prof.flash_bytes}
+    return {"params": out[imgsz]["params"], "macs": out[imgsz]["macs"], "macs_640": out[640]["macs"],
+            "flash_bytes": out[imgsz]["flash_bytes"]}
+
+
+def _stage_prepare(run: _Run, state: _State, p: dict, out: Path) -> dict:
+    from .data import prepare_coco
+
+    state.data_yaml = str(prepare_coco(run.recipe["data"], out / "data", limit=p.get("limit")))
+    from .data import image_list
+
+    return {"data_yaml": state.data_yaml, "train_images": len(image_list(state.data_yaml, "train")),
+            "val_images": len(image_list(state.data_yaml, "val"))}
+
+
+def _stage_train_base(run: _Run, state: _State, p: dict, out: Path) -> dict:
+    from .train import train_detector
+
+    given = run.recipe["base"].get("checkpoint")
+    if given:
+        if not Path(given).is_file():
+            raise RecipeError(f"base.checkpoint {given}: no such file")
+        state.base = str(given)
+        return {"skipped": f"base.checkpoint given: {given}"}
+    data = run.need(state, "data_yaml", "train_base", "prepare")
+    r = train_detector(data, out / "train", arch=run.arch, epochs=p.get("epochs", 1), imgsz=run.imgsz,
+                       batch=p.get("batch", 16), workers=p.get("workers", 0), extra=_train_args(p))
+    state.base = r["weights"]
+    return r
+
+
+def _stage_search(run: _Run, state: _State, p: dict, out: Path) -> dict:
+    from ..plan import Plan
+    from .data import image_list
+    from .model import detect_plan, load_checkpoint
+    from .search import calibration_images, search_detector
+
+    data = run.need(state, "data_yaml", "search", "prepare")
+    base = load_checkpoint(run.need(state, "base", "search", "train_base"))
+    images = calibration_images(image_list(data, "train"), int(p.get("calib_images", 32)), run.imgsz,
+                                seed=int(p.get("seed", 0)))
+    plan, report = search_detector(base, images, budget=str(p.get("budget", "2x")), step=int(p.get("step", 8)))
+    plan = detect_plan(plan, run.arch, nc=int(base.nc))
+    plan.meta.update({"recipe": run.recipe["_path"], "base_weights": "trained by the recipe's train_base stage",
+                      "calibration": f"{len(images)} train images at {run.imgsz} px"})
+    path = out / "plan.json"
+    plan.save(path)
+    state.plan = str(path)
+    result = {**report, "plan": str(path)}
+    if p.get("expect_plan"):  # the shipped zoo plan: does this run's search reproduce it?
+        shipped = REPO / p["expect_plan"]
+        result["matches_expected_plan"] = shipped.is_file() and Plan.load(shipped).layers == plan.layers
+    return result
+
+
+def _stage_compress(run: _Run, state: _State, p: dict, out: Path) -> dict:
+    import torch
+
+    from ..plan import Plan
+    from .model import compress_detector, load_checkpoint
+    from .train import validate
+
+    base = load_checkpoint(run.need(state, "base", "compress", "train_base"))
+    plan = Plan.load(run.need(state, "plan", "compress", "search"))
+    base_cost = _cost(base, run.imgsz)
+    model = compress_detector(copy.deepcopy(base), plan)
+    cost = _cost(model, run.imgsz)
+    path = out / "zero_shot.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model, "train_args": {}}, path)
+    state.zero_shot = state.compressed = str(path)
+    result = {"base": base_cost, "compressed": cost,
+              "params_ratio": base_cost["params"] / cost["params"], "macs_ratio": base_cost["macs"] / cost["macs"],
+              "weights": str(path)}
+    if state.data_yaml:
+        result["zero_shot_val"] = validate(model, state.data_yaml, imgsz=run.imgsz, out=out / "val")
+    return result
+
+
+def _stage_finetune(run: _Run, state: _State, p: dict, out: Path) -> dict:
+    from ..zoo.hub import save_weights
+    from .model import load_checkpoint
+    from .train import train_detector
+
+    data = run.need(state, "data_yaml", "finetune", "prepare")
+    model = load_checkpoint(run.need(state, "compressed", "finetune", "compress"))
+    r = train_detector(data, out / "train", model=model, arch=run.arch, epochs=p.get("epochs", 1), imgsz=run.imgsz,
+                       batch=p.get("batch", 16), workers=p.get("workers", 0), extra=_train_args(p))
+    state.compressed = r["weights"]
+    tuned = load_checkpoint(r["weights"])  # the plan + safetensors form, as the zoo loads it
+    r["safetensors"] = str(out / "model.safetensors")
+    r["sha256"] = save_weights(tuned, out / "model.safetensors")
+    (out / "plan.json").write_text(Path(state.plan).read_text())
+    return r
+
+
+def _stage_val(run: _Run, state: _State, p: dict, out: Path) -> dict:
+    from .train import validate
+
+    data = run.need(state, "data_yaml", "val", "prepare")
+    batch = int(p.get("batch", 16))
+    result = {"base": validate(run.need(state, "base", "val", "train_base"), data, run.imgsz, batch, out / "base")}
+    if state.compressed:
+        result["compressed"] = validate(state.compressed, data, run.imgsz, batch, out / "compressed")
+    return result
+
+
+def _stage_agreement(run: _Run, state: _State, p: dict, out: Path) -> dict:
+    from .agreement import agreement_map
+    from .data import image_list
+    from .model import load_checkpoint
+
+    data = run.need(state, "data_yaml", "agreement", "prepare")
+    base = load_checkpoint(run.need(state, "base", "agreement", "train_base"))
+    models = {"zero_shot": load_checkpoint(run.need(state, "zero_shot", "agreement", "compress"))}
+    if state.compressed != state.zero_shot:
+        models["finetuned"] = load_checkpoint(state.compressed)
+    images = image_list(data, "val")[: p.get("limit")]
+    return agreement_map(base, models, images, out, imgsz=run.imgsz, conf=float(p.get("conf", 0.25)),
+                         max_det=int(p.get("max_det", 300)))
+
+
+def _stage_card(run: _Run, state: _State, p: dict, out: Path) -> dict:
+    from .card import write_card
+
+    path = write_card(run.results, p.get("variant"), p.get("tag", "coco-mini"), Path(p.get("out", REPO / "zoo_cards")))
+    return {"card": str(path)}
+
+
+_STAGE_FUNCS = {"prepare": _stage_prepare, "train_base": _stage_train_base, "search": _stage_search,
+                "compress": _stage_compress, "finetune": _stage_finetune, "val": _stage_val,
+                "agreement": _stage_agreement, "card": _stage_card}
+
+
+def _summarise(run: _Run, rows: list[dict]) -> None:
+    """The headline numbers, lifted from the stage results."""
+    res = run.results
+    by_type = {r["type"]: r["result"] for r in rows}
+    if "compress" in by_type:
+        c = by_type["compress"]
+        res["base"] = {**res.get("base", {}), **c["base"]}
+        res["compressed"] = {**res.get("compressed", {}), **c["compressed"],
+                             "params_ratio": c["params_ratio"], "macs_ratio": c["macs_ratio"]}
+        if "zero_shot_val" in c:
+            res["compressed"]["zero_shot"] = {k: c["zero_shot_val"][k] for k in ("map50_95", "map50")}
+    if "val" in by_type:
+        for key in ("base", "compressed"):
+            if key in by_type["val"]:
+                v = by_type["val"][key]
+                res.setdefault(key, {}).update({"map50_95": v["map50_95"], "map50": v["map50"],
+                                                "val_images": v["images"]})
+    for kind, key in (("train_base", "base"), ("finetune", "compressed")):
+        if kind in by_type and "seconds" in by_type[kind]:
+            t = by_type[kind]
+            res.setdefault(key, {})["train"] = {k: t[k] for k in ("epochs", "imgsz", "batch", "seconds")}
+    if "search" in by_type:
+        res["search"] = {k: v for k, v in by_type["search"].items() if k != "stage_seconds"}
+    if "agreement" in by_type:
+        res["agreement"] = by_type["agreement"]
+
+
+def run_detect_recipe(recipe: dict, out_root: Path | None = None, results_path: Path | None = None,
+                      resume: bool = False, progress: bool = True, command: str | None = None,
+                      log: Callable[[str], None] = print) -> dict:
+    """Run a loaded ``task: detect`` recipe; return its results (also written as JSON after every stage)."""
+    from .offline import require_ultralytics
+
+    try:
+        require_ultralytics()
+    except DetectError as e:
+        raise RecipeError(str(e)) from None
+    out_root = Path(out_root) if out_root else REPO / "runs"
+    run_dir = out_root / recipe["name"]
+    results_path = Path(results_path) if results_path else REPO / "recipes" / "results" / f"{recipe['name']}.json"
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        raise RecipeError(f"run folder {run_dir} already holds a run: pass --resume to continue it "
+                          f"(or --out elsewhere); nothing was overwritten")
+    run = _Run(recipe, run_dir, results_path, log)
+    budget = recipe.get("expected_cpu_minutes")
+    run.results = {"recipe": recipe["_path"], "command": command or f"stresnet recipe run {recipe['_path']}",
+                   "name": recipe["name"], "task": "detect", "arch": run.arch, "imgsz": run.imgsz,
+                   "expected_cpu_minutes": budget,
+                   "config": {k: v for k, v in recipe.items() if not k.startswith("_")}}
+    state, rows = _State(), []
+    run.results["stages"] = rows
+    t_start = time.perf_counter()
+    for item in copy.deepcopy(recipe["stages"]):
+        (kind, params), = item.items()
+        params = dict(params or {})
+        sid = params.pop("id", kind)
+        out = run_dir / sid
+        done = out / "stage.json"
+        if resume and done.is_file():
+            saved = json.loads(done.read_text())
+            result, state = saved["result"], _State(**saved["state"])
+            log(f"[{sid}] done earlier: skipped (--resume)")
+        else:
+            log(f"[{sid}] running")
+            t0 = time.perf_counter()
+            try:
+                result = _STAGE_FUNCS[kind](run, state, params, out)
+            except DetectError as e:
+                raise RecipeError(f"stage {sid}: {e}") from None
+            result["stage_seconds"] = round(time.perf_counter() - t0, 1)
+            _atomic_json(done, {"result": result, "state": asdict(state)})
+        rows.append({"id": sid, "type": kind, "params": params, "result": result})
+        _summarise(run, rows)
+        wall = sum(r["result"].get("stage_seconds", 0) for r in rows)
+        run.results["wall_seconds"] = round(wall, 1)
+        if budget is not None:
+            run.results["within_expected_time"] = wall <= 60 * float(budget)
+        run.save()
+    log(_headline(run.results))
+    return run.results
+
+
+def _headline(res: dict) -> str:
+    b, c = res.get("base", {}), res.get("compressed", {})
+    parts = [f"{res['name']}"]
+    if "params" in b and "params" in c:
+        parts.append(f"params {b['params'] / 1e6:.3f} M -> {c['params'] / 1e6:.3f} M ({c['params_ratio']:.2f}x)")
+    if "map50_95" in b and "map50_95" in c:
+        parts.append(f"mAP50-95 {b['map50_95']:.4f} -> {c['map50_95']:.4f}, mAP50 {b['map50']:.4f} -> {c['map50']:.4f}")
+    a = res.get("agreement", {})
+    for key in ("zero_shot", "finetuned"):
+        if key in a:
+            parts.append(f"agreement ({key}) mAP50-95 {a[key]['map50_95']:.4f}")
+    parts.append(f"{res.get('wall_seconds', 0) / 60:.1f} min (stated {res.get('expected_cpu_minutes')})")
+    return parts[0] + ": " + ", ".join(parts[1:])
