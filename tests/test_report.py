@@ -40,8 +40,9 @@ def _arm(top1: float, params: int, seed: int = 0, seconds: float = 480.0, teache
     return {"stages": stages, "final": final}
 
 
-def _recipe(name: str, variant: str, arms: list[str]) -> dict:
-    return {"format": "stresnet-recipe/1", "name": name, "evidence": {"variant": variant}, "data": "x",
+def _recipe(name: str, variant: str, arms: list[str], note: str = "") -> dict:
+    evidence = {"variant": variant, **({"note": note} if note else {})}
+    return {"format": "stresnet-recipe/1", "name": name, "evidence": evidence, "data": "x",
             "base": {"model": "resnet18"}, "arms": {a: [{"eval": {}}] for a in arms}}
 
 
@@ -51,7 +52,7 @@ def _fixture(root: Path, lr_16x_uniform: float = 0.01) -> tuple[Path, Path]:
     results.mkdir()
     kinds = ["searched", "uniform", "scratch_kd", "scratch", "pruned"]
     files = {
-        "evidence_8x": (_recipe("evidence_8x", "stresnet18_8x", kinds), {
+        "evidence_8x": (_recipe("evidence_8x", "stresnet18_8x", kinds, note="Why arm 2 wins: a fixture."), {
             "searched": _arm(0.870, 1397491, reference=True), "uniform": _arm(0.880, 1454787),
             "scratch_kd": _arm(0.500, 1397491), "scratch": _arm(0.400, 1397491, teacher=False, kd_alpha=0.0)}),
         "evidence_16x": (_recipe("evidence_16x", "stresnet18_16x", kinds), {
@@ -107,6 +108,7 @@ def test_arm_1_losing_is_said_plainly_and_seed_spread_is_reported(tmp_path):
     assert "**Arm 1 does not beat arm 2** (uniform ranks at >= arm 1's params, decomposed, KD): arm 2 is ahead " \
            "by 1.00 pt (20 images)." in eight
     assert "Arm 1 beats arm 3 (arm 1's architecture, random init, KD) by 37.00 pt (740 images)." in eight
+    assert "Note: Why arm 2 wins: a fixture." in eight  # the recipe's words on why, under the verdicts
     sixteen = _section(md, "stresnet18_16x")
     assert "| 87.00 ± 1.00 (n=3) | -1.50 |" in sixteen  # mean of 86/87/88, sample std, vs the 88.5 base
     assert "Arm 1 beats arm 2 (uniform ranks at >= arm 1's params, decomposed, KD) by 2.50 pt (50 images); " \

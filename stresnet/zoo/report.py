@@ -6,7 +6,10 @@ numbers are their results JSONs (``recipes/results/<name>.json``). An arm
 listed in a recipe without a finished ``eval`` is shown as "not run", never
 dropped or filled in. Arms are named by kind (``searched``, ``uniform``,
 ``scratch_kd``, ``scratch``, ``pruned``), seed repeats as ``<kind>_seed<N>``;
-repeats of one kind are pooled into mean +/- std (sample std).
+repeats of one kind are pooled into mean +/- std (sample std). An optional
+``evidence: {note: ...}`` in a recipe is printed under its variant's verdicts:
+the place to say *why* arm 1 lost where it did (words only; numbers come
+from the JSONs).
 
 Everything written here (markdown and ``pareto.png``) is a pure function of
 those files, so ``stresnet report`` regenerates it byte for byte.
