@@ -685,6 +685,9 @@ def run_recipe(recipe: dict, out_root: Path | None = None, results_path: Path | 
                    "input_size": run.input_size, "world_size": world, "hardware": _hardware(),
                    "config": {k: v for k, v in recipe.items() if not k.startswith("_")}}
     say = log if rank == 0 else (lambda _: None)
+    if arms is not None:  # every arm's finished stages first, so that a run stopped early loses none of them
+        for arm, stages in listed.items():
+            _run_arm(run, arm, _stage_list(copy.deepcopy(stages), arm or "stages"), lambda _: None, selected=False)
     for arm, stages in listed.items():
         _run_arm(run, arm, _stage_list(copy.deepcopy(stages), arm or "stages"), say,
                  selected=arms is None or arm in arms)

@@ -340,8 +340,15 @@ def test_arms_can_be_run_one_at_a_time_into_one_results_file(tree, tmp_path):
     first = run_recipe(load_recipe(path), arms=["b"], log=lambda _: None, **kw)
     assert [s["id"] for s in first["arms"]["b"]["stages"]] == ["plan"] and first["arms"]["a"]["stages"] == []
     lines: list[str] = []
-    second = run_recipe(load_recipe(path), arms=["a"], resume=True, log=lines.append, **kw)
+    on_disk: list[dict] = []  # what the results file held while arm a ran: b (listed after a) already there
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if line == "[a/u] running":
+            on_disk.append(json.loads((tmp_path / "r.json").read_text())["arms"]["b"])
+
+    second = run_recipe(load_recipe(path), arms=["a"], resume=True, log=log, **kw)
     assert [s["id"] for s in second["arms"]["a"]["stages"]] == ["plan", "u"]
-    assert second["arms"]["b"] == first["arms"]["b"]  # kept, not rerun
+    assert second["arms"]["b"] == first["arms"]["b"] == on_disk[0]  # kept, not rerun, never dropped
     assert "[b/plan] done earlier: skipped (--resume)" in lines and "[a/u] running" in lines
     assert json.loads((tmp_path / "r.json").read_text())["arms"]["b"]["stages"][0]["id"] == "plan"
