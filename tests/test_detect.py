@@ -23,6 +23,21 @@ REPO = Path(__file__).resolve().parents[1]
 SIZE = (3, 160, 160)
 
 
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Every test here runs with the network cut: nothing may reach for fonts, weights, telemetry or updates."""
+    tried: list = []
+
+    def refuse(*args, **kwargs):
+        tried.append(args[:2])
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    yield
+    assert tried == [], f"tried to reach the network: {tried}"
+
+
 @pytest.mark.parametrize("variant,base", [("yolov5s_2x", "yolov5s"), ("yolov5n_2x", "yolov5n")])
 def test_zoo_plan_halves_the_params(variant: str, base: str) -> None:
     plan = zoo_plan(variant)
@@ -120,6 +135,20 @@ def test_hub_entry_detects_on_coco_mini_images(shared: Path) -> None:
         torch.hub.load(str(REPO), "yolov5n_2x", source="local", pretrained=True)
 
 
+def test_hub_entry_loads_recipe_weights(tmp_path: Path) -> None:
+    from stresnet.zoo.hub import save_weights
+
+    trained = _trained_like(detector_from_name("yolov5n_2x"))
+    save_weights(trained, tmp_path / "model.safetensors")
+    model = torch.hub.load(str(REPO), "yolov5n_2x", source="local", weights=str(tmp_path / "model.safetensors"))
+    mine = model.model.state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in trained.state_dict().items())
+    wrong = tmp_path / "wrong.safetensors"
+    save_weights(create_base("yolov5n.yaml"), wrong)
+    with pytest.raises(PlanError, match=r"^checkpoint .*wrong.safetensors: does not match the model: missing"):
+        torch.hub.load(str(REPO), "yolov5n_2x", source="local", weights=str(wrong))
+
+
 def _tiny_recipe(tmp_path: Path, shared: Path, stages: str) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(f"""format: stresnet-recipe/1
@@ -134,15 +163,7 @@ stages:
     return path
 
 
-def test_tiny_recipe_runs_end_to_end(tmp_path: Path, shared: Path, capsys, monkeypatch) -> None:
-    tried: list = []  # nothing may reach for the network (fonts, weights, telemetry, update checks)
-
-    def no_network(*args, **kwargs):
-        tried.append(args)
-        raise OSError("network disabled by the test")
-
-    monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    monkeypatch.setattr(socket.socket, "connect", no_network)
+def test_tiny_recipe_runs_end_to_end(tmp_path: Path, shared: Path, capsys) -> None:
     recipe = _tiny_recipe(tmp_path, shared, """  - prepare: {limit: 6}
   - train_base: {epochs: 1, batch: 6}
   - search: {budget: 2x, calib_images: 4, step: 16}
@@ -163,7 +184,6 @@ def test_tiny_recipe_runs_end_to_end(tmp_path: Path, shared: Path, capsys, monke
     assert res["agreement"]["pseudo_boxes"] == 30  # 5 per image
     assert 0.0 <= res["agreement"]["zero_shot"]["map50_95"] <= 1.0
     assert res["wall_seconds"] > 0 and res["expected_cpu_minutes"] == 3
-    assert tried == []
     assert (tmp_path / "runs" / "tiny_detect" / "finetune" / "model.safetensors").is_file()
     card = (tmp_path / "cards" / "yolov5n_2x.tiny.md").read_text()
     assert "No pretrained COCO weights exist here" in card and "anchor-free" in card

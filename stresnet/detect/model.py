@@ -125,6 +125,7 @@ def as_yolo(model: nn.Module, arch: str = "yolov5s.yaml") -> Any:
     from ultralytics import YOLO
 
     yolo = YOLO(arch, task="detect", verbose=False)
+    model.nc = int(getattr(model, "nc", None) or model.yaml["nc"])
     if not getattr(model, "names", None) or len(model.names) != model.nc:
         from .data import coco_names
 
