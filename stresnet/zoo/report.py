@@ -210,7 +210,8 @@ def _hardware(h: dict | None) -> str:
         return "device not recorded"
     if h.get("device") == "cuda":
         return f"{h.get('count', 1)}x {h.get('name', 'GPU')} (GPU-minutes)"
-    return f"CPU, {h.get('threads', '?')} threads of {h.get('cores', '?')} cores (CPU-minutes)"
+    threads = h.get("threads", "?")
+    return f"CPU, {threads} thread{'' if threads == 1 else 's'} of {h.get('cores', '?')} cores (CPU-minutes)"
 
 
 def _budget(runs: list[Run]) -> tuple[str, list[str]]:
@@ -359,17 +360,17 @@ def plot_pareto(evidence: list[Evidence], base: Mapping[str, Any] | None, path: 
         if ev.arms["searched"].runs:
             arm = ev.arms["searched"]
             ax.annotate(ev.variant, (arm.runs[0].params / 1e6, 100 * arm.mean()), textcoords="offset points",
-                        xytext=(5, 4), fontsize=7)
+                        xytext=(6, -11), fontsize=7)
     if base:
         ax.axhline(100 * base["top1"], color="k", linestyle="--", linewidth=1,
                    label=f"ResNet-18 base ({base['params'] / 1e6:.2f} M)")
     if not any(ev.runs for ev in evidence):
         ax.text(0.5, 0.5, "no evidence arm has run yet", transform=ax.transAxes, ha="center", va="center")
     ax.set_xscale("log")
-    ax.margins(x=0.15)
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
+    ax.margins(x=0.25)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(  # 2, 3 and 5 of each decade: enough to read, no overlap
+        lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 3, 5) else ""))
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("parameters (M, log scale; sparse indices counted)")
     ax.set_ylabel("top-1 on Imagenette val (%)")
