@@ -48,7 +48,10 @@ def detect_card(results: Mapping[str, Any], variant: str, tag: str = "coco-mini"
            f"| int8 flash | {b.get('flash_bytes', 0) / 1024:.1f} KiB | {c.get('flash_bytes', 0) / 1024:.1f} KiB |",
            "", f"Search: MSE estimator (CompressNAS's normalised output MSE) on {s.get('calibration_images', '?')} "
            f"calibration train images at {imgsz} px, ILP over {s.get('searched_layers', '?')} convs; "
-           f"{s.get('factorised_layers', '?')} factorised ({_f(s.get('seconds'), '.0f')} s).", "",
+           f"{s.get('factorised_layers', '?')} factorised ({_f(s.get('seconds'), '.0f')} s)."
+           + ({True: " This run's search reproduced the shipped plan exactly.",
+               False: " This run's search did not reproduce the shipped plan."}.get(s.get("matches_expected_plan"), "")),
+           "",
            "## Usage", "", "```python", "import torch",
            f"model = torch.hub.load('path/to/stresnet', '{variant}', source='local', pretrained=False)  # random weights",
            f"model = torch.hub.load('path/to/stresnet', '{variant}', source='local',",
