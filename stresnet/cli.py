@@ -84,8 +84,12 @@ def _cmd_int8(args: argparse.Namespace) -> int:
     result = bench_int8(models, args.data / "val", args.data / "train", size=args.input_size,
                         calib_images=args.calib_images, limit=args.limit, progress=not args.json)
     print(json.dumps(result) if args.json else format_int8(result))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(result, indent=1) + "\n")
+    if args.json_out:  # a record per model: rows measured earlier at the same settings are kept
+        out = Path(args.json_out)
+        old = json.loads(out.read_text()) if out.is_file() else {}
+        if {k: v for k, v in old.items() if k != "models"} == {k: v for k, v in result.items() if k != "models"}:
+            result["models"] = {**old["models"], **result["models"]}
+        out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 
@@ -361,8 +365,11 @@ def _cmd_zoo_verify(args: argparse.Namespace) -> int:
             print(f"{r['name']:>28}: top-1 {100 * r['top1']:.2f} % (card {r['card_top1_percent']}), "
                   f"equals registry {r['equals_registry']}, equals card {r['equals_card']}, "
                   f"torch.hub == timm {r['hub_equals_timm']}")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(rows, indent=1) + "\n")
+    if args.json_out:  # rows of weights not re-verified this time are kept: the file is the zoo's record
+        out = Path(args.json_out)
+        kept = [r for r in (json.loads(out.read_text()) if out.is_file() else [])
+                if r["name"] not in {row["name"] for row in rows}]
+        out.write_text(json.dumps(sorted(kept + rows, key=lambda r: r["name"]), indent=1) + "\n")
     ok = rows and all(r.get("equals_registry") and r.get("equals_card") and r.get("hub_equals_timm") for r in rows)
     return 0 if ok else 1
 
