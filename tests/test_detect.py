@@ -168,7 +168,7 @@ def test_tiny_recipe_runs_end_to_end(tmp_path: Path, shared: Path, capsys) -> No
   - train_base: {epochs: 1, batch: 6}
   - search: {budget: 2x, calib_images: 4, step: 16}
   - compress: {}
-  - finetune: {epochs: 1, batch: 6}
+  - finetune: {epochs: 1, batch: 6, distill: true}
   - val: {}
   - agreement: {conf: 0.00001, max_det: 5}
   - card: {variant: yolov5n_2x, tag: tiny, out: %s}
@@ -185,6 +185,7 @@ def test_tiny_recipe_runs_end_to_end(tmp_path: Path, shared: Path, capsys) -> No
     assert 0.0 <= res["agreement"]["zero_shot"]["map50_95"] <= 1.0
     assert res["wall_seconds"] > 0 and res["expected_cpu_minutes"] == 3
     assert (tmp_path / "runs" / "tiny_detect" / "finetune" / "model.safetensors").is_file()
+    assert res["stages"][4]["result"]["distilled"] is True
     card = (tmp_path / "cards" / "yolov5n_2x.tiny.md").read_text()
     assert "No pretrained COCO weights exist here" in card and "anchor-free" in card
     # a second run into the same folder refuses; --resume skips every finished stage

@@ -12,7 +12,7 @@
       - train_base: {epochs: 60}          # any ultralytics train argument (batch, lr0, optimizer ...)
       - search: {budget: 2x}              # MSE estimator on calibration train images + ILP
       - compress: {}                      # plan applied, weights from the decomposition; zero-shot mAP
-      - finetune: {epochs: 15}
+      - finetune: {epochs: 15}            # distill: true -> ultralytics' distillation from the base
       - val: {}                           # mAP50-95 / mAP50 of base and compressed on the val split
       - agreement: {conf: 0.25}           # compressed vs the base's own predictions
       - card: {variant: yolov5n_2x, tag: coco-mini}
@@ -43,7 +43,7 @@ PARAMS = {
     "train_base": TRAIN_KEYS,
     "search": ("budget", "calib_images", "step", "seed", "expect_plan"),
     "compress": (),
-    "finetune": TRAIN_KEYS,
+    "finetune": TRAIN_KEYS + ("distill",),
     "val": ("batch",),
     "agreement": ("conf", "max_det", "limit"),
     "card": ("variant", "tag", "out"),
@@ -197,8 +197,12 @@ def _stage_finetune(run: _Run, state: _State, p: dict, out: Path) -> dict:
 
     data = run.need(state, "data_yaml", "finetune", "prepare")
     model = load_checkpoint(run.need(state, "compressed", "finetune", "compress"))
+    extra = _train_args({k: v for k, v in p.items() if k != "distill"})
+    if p.get("distill"):  # ultralytics' own feature distillation, the uncompressed base as teacher
+        extra["distill_model"] = run.need(state, "base", "finetune", "train_base")
     r = train_detector(data, out / "train", model=model, arch=run.arch, epochs=p.get("epochs", 1), imgsz=run.imgsz,
-                       batch=p.get("batch", 16), workers=p.get("workers", 0), extra=_train_args(p))
+                       batch=p.get("batch", 16), workers=p.get("workers", 0), extra=extra)
+    r["distilled"] = bool(p.get("distill"))
     state.compressed = r["weights"]
     tuned = load_checkpoint(r["weights"])  # the plan + safetensors form, as the zoo loads it
     r["safetensors"] = str(out / "model.safetensors")
