@@ -106,8 +106,8 @@ def test_arm_1_losing_is_said_plainly_and_seed_spread_is_reported(tmp_path):
     md, _ = _render(*_fixture(tmp_path / "in"), tmp_path)
     eight = _section(md, "stresnet18_8x")
     assert "**Arm 1 does not beat arm 2** (uniform ranks at >= arm 1's params, decomposed, KD): arm 2 is ahead " \
-           "by 1.00 pt (20 images)." in eight
-    assert "Arm 1 beats arm 3 (arm 1's architecture, random init, KD) by 37.00 pt (740 images)." in eight
+           "by 1.00 pt (20 images); one seed each, so no seed spread to judge noise by." in eight
+    assert "Arm 1 beats arm 3 (arm 1's architecture, random init, KD) by 37.00 pt (740 images); one seed each, so no seed spread to judge noise by." in eight
     assert "Note: Why arm 2 wins: a fixture." in eight  # the recipe's words on why, under the verdicts
     sixteen = _section(md, "stresnet18_16x")
     assert "| 87.00 ± 1.00 (n=3) | -1.50 |" in sixteen  # mean of 86/87/88, sample std, vs the 88.5 base

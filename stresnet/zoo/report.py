@@ -255,6 +255,8 @@ def _verdicts(ev: Evidence) -> list[str]:
             def sd(a: Arm) -> str:
                 return f"{100 * a.std():.2f} pt (n={len(a.runs)})" if a.std() is not None else "a single seed"
             spread = f"; seed std: arm 1 {sd(first)}, arm {num} {sd(other)}"
+        else:
+            spread = "; one seed each, so no seed spread to judge noise by"
         if d > 0:
             out.append(f"- Arm 1 beats arm {num} ({label}) by {d:.2f} pt ({images} images){spread}.")
         elif d == 0:
