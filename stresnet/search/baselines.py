@@ -105,6 +105,26 @@ def uniform_rank(dim: int, ratio: float, multiple: int = 1) -> int:
     return min(max(r, multiple), dim)
 
 
+def _boundary(make_plan: Callable[[float], T], good: Callable[[T], bool], good_end: float, bad_end: float,
+              best: T, iters: int) -> T:
+    """Bisect between a knob whose plan is ``good`` (``best``) and one whose plan may not be; the last good plan.
+
+    ``good`` is monotone in the knob, so the good knobs form one interval ending at
+    ``good_end``; if even ``bad_end`` is good, its plan is returned.
+    """
+    far = make_plan(bad_end)
+    if good(far):
+        return far
+    for _ in range(iters):
+        mid = 0.5 * (good_end + bad_end)
+        plan = make_plan(mid)
+        if good(plan):
+            good_end, best = mid, plan
+        else:
+            bad_end = mid
+    return best
+
+
 def scale_to_budget(
     make_plan: Callable[[float], T],
     size_of: Callable[[T], float],
@@ -125,17 +145,7 @@ def scale_to_budget(
         raise ValueError(
             f"even the smallest knob {lo:g} gives size {size_of(best):g} > limit {limit:g}"
         )
-    top = make_plan(hi)
-    if size_of(top) <= limit:
-        return top
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        plan = make_plan(mid)
-        if size_of(plan) <= limit:
-            lo, best = mid, plan
-        else:
-            hi = mid
-    return best
+    return _boundary(make_plan, lambda plan: size_of(plan) <= limit, lo, hi, best, iters)
 
 
 def scale_to_at_least(
@@ -157,14 +167,4 @@ def scale_to_at_least(
     best = make_plan(hi)
     if size_of(best) < limit:
         raise ValueError(f"even the largest knob {hi:g} gives size {size_of(best):g} < limit {limit:g}")
-    bottom = make_plan(lo)
-    if size_of(bottom) >= limit:
-        return bottom
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        plan = make_plan(mid)
-        if size_of(plan) >= limit:
-            hi, best = mid, plan
-        else:
-            lo = mid
-    return best
+    return _boundary(make_plan, lambda plan: size_of(plan) >= limit, hi, lo, best, iters)
