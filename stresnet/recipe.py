@@ -685,12 +685,18 @@ def run_recipe(recipe: dict, out_root: Path | None = None, results_path: Path | 
                    "input_size": run.input_size, "world_size": world, "hardware": _hardware(),
                    "config": {k: v for k, v in recipe.items() if not k.startswith("_")}}
     say = log if rank == 0 else (lambda _: None)
+    restored: set[str] = set()
     if arms is not None:  # every arm's finished stages first, so that a run stopped early loses none of them
+        earlier = json.loads(results_path.read_text()).get("arms", {}) if results_path.is_file() else {}
         for arm, stages in listed.items():
             _run_arm(run, arm, _stage_list(copy.deepcopy(stages), arm or "stages"), lambda _: None, selected=False)
+            if arm not in arms and not run.results["arms"][arm]["stages"] and (earlier.get(arm) or {}).get("stages"):
+                run.results["arms"][arm] = earlier[arm]  # finished in another run folder (another machine)
+                restored.add(arm)
     for arm, stages in listed.items():
-        _run_arm(run, arm, _stage_list(copy.deepcopy(stages), arm or "stages"), say,
-                 selected=arms is None or arm in arms)
+        if arm not in restored:
+            _run_arm(run, arm, _stage_list(copy.deepcopy(stages), arm or "stages"), say,
+                     selected=arms is None or arm in arms)
     run.save_results()
     _barrier()
     if rank != 0 and results_path.is_file():  # rank 0 ran the eval stages: every rank returns its results

@@ -353,3 +353,6 @@ def test_arms_can_be_run_one_at_a_time_into_one_results_file(tree, tmp_path):
     assert second["arms"]["b"] == first["arms"]["b"] == on_disk[0]  # kept, not rerun, never dropped
     assert "[b/plan] done earlier: skipped (--resume)" in lines and "[a/u] running" in lines
     assert json.loads((tmp_path / "r.json").read_text())["arms"]["b"]["stages"][0]["id"] == "plan"
+    # another machine (a fresh run folder) running arm a again keeps b's results from the results file
+    third = run_recipe(load_recipe(path), arms=["a"], log=lambda _: None, **{**kw, "out_root": tmp_path / "elsewhere"})
+    assert third["arms"]["b"] == first["arms"]["b"] and [s["id"] for s in third["arms"]["a"]["stages"]] == ["plan", "u"]
