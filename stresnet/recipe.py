@@ -151,7 +151,23 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return recipe
 
 
-def _stage_list(stages: Any, where: str) -> list[tuple[str, dict]]:
+def check_header(recipe: dict, source: str, required: tuple[str, ...]) -> None:
+    """The checks every recipe kind shares: format tag, required fields, a name usable as a file name."""
+    if recipe.get("format", RECIPE_FORMAT) != RECIPE_FORMAT:
+        raise RecipeError(f"{source}: format {recipe.get('format')!r} is not {RECIPE_FORMAT}")
+    for key in required:
+        if key not in recipe:
+            raise RecipeError(f"{source}: missing required field {key!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(recipe["name"])):
+        raise RecipeError(f"{source}: name {recipe['name']!r} must be a plain file name")
+
+
+def stage_list(stages: Any, where: str, known: tuple[str, ...] | dict | None = None,
+               label: str = "stage") -> list[tuple[str, dict]]:
+    """Parse a YAML stage list into ``(kind, params)`` pairs; one line naming the bad entry otherwise.
+
+    ``known`` defaults to this module's classification stages; detect recipes pass their own."""
+    known = STAGES if known is None else known
     if not isinstance(stages, list) or not stages:
         raise RecipeError(f"{where}: expected a non-empty list of stages")
     out = []
@@ -159,10 +175,11 @@ def _stage_list(stages: Any, where: str) -> list[tuple[str, dict]]:
         if not (isinstance(item, dict) and len(item) == 1):
             raise RecipeError(f"{where}[{i}]: a stage is a one-key mapping like '- finetune: {{epochs: 2}}'")
         (kind, params), = item.items()
-        if kind not in STAGES:
-            raise RecipeError(f"{where}[{i}]: unknown stage {kind!r} (known: {', '.join(STAGES)})")
-        params = dict(params or {})
-        out.append((kind, params))
+        if kind not in known:
+            raise RecipeError(f"{where}[{i}]: unknown {label} {kind!r} (known: {', '.join(known)})")
+        if params is not None and not isinstance(params, dict):
+            raise RecipeError(f"{where}[{i}].{kind}: options must be a mapping, got {params!r}")
+        out.append((kind, dict(params or {})))
     return out
 
 
@@ -171,13 +188,7 @@ def _check(recipe: dict, source: str) -> None:
         from .detect.recipe import check_detect_recipe
 
         return check_detect_recipe(recipe, source)
-    if recipe.get("format", RECIPE_FORMAT) != RECIPE_FORMAT:
-        raise RecipeError(f"{source}: format {recipe.get('format')!r} is not {RECIPE_FORMAT}")
-    for key in ("name", "data", "base"):
-        if key not in recipe:
-            raise RecipeError(f"{source}: missing required field {key!r}")
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(recipe["name"])):
-        raise RecipeError(f"{source}: name {recipe['name']!r} must be a plain file name")
+    check_header(recipe, source, ("name", "data", "base"))
     if "model" not in recipe["base"]:
         raise RecipeError(f"{source}: base.model is required")
     if ("stages" in recipe) == ("arms" in recipe):
@@ -187,7 +198,7 @@ def _check(recipe: dict, source: str) -> None:
         raise RecipeError(f"{source}: 'arms' must map arm names to stage lists")
     for arm, stages in arms.items():
         where = f"{source}: arms.{arm}" if arm else f"{source}: stages"
-        listed = _stage_list(stages, where)
+        listed = stage_list(stages, where)
         ids = [p.get("id", k) for k, p in listed]
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
@@ -689,13 +700,13 @@ def run_recipe(recipe: dict, out_root: Path | None = None, results_path: Path | 
     if arms is not None:  # every arm's finished stages first, so that a run stopped early loses none of them
         earlier = json.loads(results_path.read_text()).get("arms", {}) if results_path.is_file() else {}
         for arm, stages in listed.items():
-            _run_arm(run, arm, _stage_list(copy.deepcopy(stages), arm or "stages"), lambda _: None, selected=False)
+            _run_arm(run, arm, stage_list(copy.deepcopy(stages), arm or "stages"), lambda _: None, selected=False)
             if arm not in arms and not run.results["arms"][arm]["stages"] and (earlier.get(arm) or {}).get("stages"):
                 run.results["arms"][arm] = earlier[arm]  # finished in another run folder (another machine)
                 restored.add(arm)
     for arm, stages in listed.items():
         if arm not in restored:
-            _run_arm(run, arm, _stage_list(copy.deepcopy(stages), arm or "stages"), say,
+            _run_arm(run, arm, stage_list(copy.deepcopy(stages), arm or "stages"), say,
                      selected=arms is None or arm in arms)
     run.save_results()
     _barrier()

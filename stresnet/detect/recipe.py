@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..recipe import RECIPE_FORMAT, REPO, RecipeError, _atomic_json, _portable
+from ..recipe import RECIPE_FORMAT, REPO, RecipeError, _atomic_json, _portable, check_header, stage_list
 from . import DetectError
 
 STAGES = ("prepare", "train_base", "search", "compress", "finetune", "val", "agreement", "card")
@@ -52,28 +51,13 @@ PARAMS = {
 
 def check_detect_recipe(recipe: dict, source: str) -> None:
     """One line naming the field when a detect recipe cannot run."""
-    if recipe.get("format", RECIPE_FORMAT) != RECIPE_FORMAT:
-        raise RecipeError(f"{source}: format {recipe.get('format')!r} is not {RECIPE_FORMAT}")
-    for key in ("name", "data", "base", "stages"):
-        if key not in recipe:
-            raise RecipeError(f"{source}: missing required field {key!r}")
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(recipe["name"])):
-        raise RecipeError(f"{source}: name {recipe['name']!r} must be a plain file name")
+    check_header(recipe, source, ("name", "data", "base", "stages"))
     if not isinstance(recipe["base"], dict) or "model" not in recipe["base"]:
         raise RecipeError(f"{source}: base.model is required (an ultralytics yaml, e.g. yolov5s.yaml)")
-    stages = recipe["stages"]
-    if not isinstance(stages, list) or not stages:
-        raise RecipeError(f"{source}: stages: expected a non-empty list of stages")
-    for i, item in enumerate(stages):
-        if not (isinstance(item, dict) and len(item) == 1):
-            raise RecipeError(f"{source}: stages[{i}]: a stage is a one-key mapping like '- finetune: {{epochs: 2}}'")
-        (kind, params), = item.items()
-        if kind not in STAGES:
-            raise RecipeError(f"{source}: stages[{i}]: unknown detect stage {kind!r} (known: {', '.join(STAGES)})")
-        unknown = sorted(set(params or {}) - set(PARAMS[kind]) - {"id"})
+    for i, (kind, params) in enumerate(stage_list(recipe["stages"], f"{source}: stages", STAGES, "detect stage")):
+        unknown = sorted(set(params) - set(PARAMS[kind]) - {"id"})
         if unknown:
             raise RecipeError(f"{source}: stages[{i}].{kind}: unknown option {unknown[0]!r}")
-
 
 @dataclass
 class _State:
