@@ -105,13 +105,22 @@ def uniform_rank(dim: int, ratio: float, multiple: int = 1) -> int:
     return min(max(r, multiple), dim)
 
 
+def _ordered(lo: float, hi: float) -> None:
+    if not lo <= hi:
+        raise ValueError(f"need lo <= hi, got lo={lo}, hi={hi}")
+
+
 def _boundary(make_plan: Callable[[float], T], good: Callable[[T], bool], good_end: float, bad_end: float,
-              best: T, iters: int) -> T:
-    """Bisect between a knob whose plan is ``good`` (``best``) and one whose plan may not be; the last good plan.
+              iters: int, failure: Callable[[T], str]) -> T:
+    """Bisect between a knob that must give a ``good`` plan and one that may not; return the last good plan.
 
     ``good`` is monotone in the knob, so the good knobs form one interval ending at
-    ``good_end``; if even ``bad_end`` is good, its plan is returned.
+    ``good_end``; if even ``bad_end`` is good, its plan is returned. ``failure``
+    words the error when ``good_end`` itself is not good.
     """
+    best = make_plan(good_end)
+    if not good(best):
+        raise ValueError(failure(best))
     far = make_plan(bad_end)
     if good(far):
         return far
@@ -138,14 +147,9 @@ def scale_to_budget(
     This is how a baseline is brought to equal-or-fewer params than the
     searched plan before comparing accuracy.
     """
-    if not lo <= hi:
-        raise ValueError(f"need lo <= hi, got lo={lo}, hi={hi}")
-    best = make_plan(lo)
-    if size_of(best) > limit:
-        raise ValueError(
-            f"even the smallest knob {lo:g} gives size {size_of(best):g} > limit {limit:g}"
-        )
-    return _boundary(make_plan, lambda plan: size_of(plan) <= limit, lo, hi, best, iters)
+    _ordered(lo, hi)
+    return _boundary(make_plan, lambda plan: size_of(plan) <= limit, lo, hi, iters,
+                     lambda plan: f"even the smallest knob {lo:g} gives size {size_of(plan):g} > limit {limit:g}")
 
 
 def scale_to_at_least(
@@ -162,9 +166,6 @@ def scale_to_at_least(
     baseline gets at least the compared plan's size, so a win over it is not
     bought with fewer parameters.
     """
-    if not lo <= hi:
-        raise ValueError(f"need lo <= hi, got lo={lo}, hi={hi}")
-    best = make_plan(hi)
-    if size_of(best) < limit:
-        raise ValueError(f"even the largest knob {hi:g} gives size {size_of(best):g} < limit {limit:g}")
-    return _boundary(make_plan, lambda plan: size_of(plan) >= limit, hi, lo, best, iters)
+    _ordered(lo, hi)
+    return _boundary(make_plan, lambda plan: size_of(plan) >= limit, hi, lo, iters,
+                     lambda plan: f"even the largest knob {hi:g} gives size {size_of(plan):g} < limit {limit:g}")
