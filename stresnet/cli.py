@@ -177,6 +177,7 @@ def _cmd_cards(args: argparse.Namespace) -> int:
     import timm
 
     from .cost import profile
+    from .detect.card import detect_index_markdown, detect_results, write_card
     from .zoo.cards import index_markdown, plot_family, write_cards
     from .zoo.models import VARIANTS, weights_registry
     from .zoo.report import ReportError, card_notes, evidence_markdown, load_evidence, plot_pareto
@@ -201,7 +202,11 @@ def _cmd_cards(args: argparse.Namespace) -> int:
         base = ({**data["base"], "recipe": "shared base, measured by the eval stage (recipes/resnet18_imagenette.yaml rebuilds it)"}
                 if "base" in data else None)
     paths = write_cards(args.out, profiles, records, notes=card_notes(evidence, ev_base))
-    index = index_markdown(profiles, records, base, extra=evidence_markdown(evidence, ev_base))
+    detectors = detect_results(Path(args.results))
+    paths += [write_card(r, name.split(".", 1)[0], tag, args.out) for name, (r, tag) in detectors.items()]
+    index = index_markdown(profiles, records, base,
+                           extra="\n".join(x for x in (detect_index_markdown(detectors),
+                                                       evidence_markdown(evidence, ev_base)) if x))
     (args.out / "README.md").write_text(index)
     plot = plot_family(records, base, args.out / "accuracy_vs_size.png")
     plot_pareto(evidence, ev_base, args.out / "pareto.png")

@@ -92,6 +92,48 @@ def write_card(results: Mapping[str, Any], variant: str | None, tag: str, out_di
     return path
 
 
+def detect_results(results_dir: Path) -> dict[str, tuple[dict, str]]:
+    """``{card name: (results, tag)}`` for every detect recipe's results JSON in ``results_dir``.
+
+    The variant and tag come from the recipe's ``card`` stage (``yolov5s_2x``, ``coco-mini``)."""
+    found = {}
+    for path in sorted(Path(results_dir).glob("*.json")):
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(results, dict) or results.get("task") != "detect":
+            continue
+        card = next((r.get("params", {}) for r in results.get("stages", []) if r.get("type") == "card"), {})
+        variant = card.get("variant") or \
+            f"{results.get('arch', 'yolo').removesuffix('.yaml')}_{results.get('search', {}).get('budget', '2x')}"
+        tag = card.get("tag", "coco-mini")
+        found[f"{variant}.{tag}"] = (results, tag)
+    return found
+
+
+def detect_index_markdown(found: Mapping[str, tuple[Mapping[str, Any], str]]) -> str:
+    """The detectors' rows for ``zoo_cards/README.md`` (empty when no detect recipe has run)."""
+    if not found:
+        return ""
+    lines = ["## Detectors (YOLOv5, ultralytics' anchor-free 'u' builds)", "",
+             "Trained from scratch on the 80 `coco-mini` train images (no COCO weights can be downloaded here), so "
+             "mAP on the 79 val images is near zero and says nothing about COCO quality; agreement mAP50-95 "
+             "scores the compressed model against the uncompressed one's boxes (fidelity).", "",
+             "| model | params (M) | GMACs (320 px) | int8 flash (KiB) | params ratio | mAP50-95 base / compressed | "
+             "agreement mAP50-95 (fine-tuned) | recipe |", "|---|---|---|---|---|---|---|---|"]
+    for name, (r, _tag) in sorted(found.items()):
+        b, c, a = r.get("base", {}), r.get("compressed", {}), r.get("agreement", {})
+        if "params" not in c:
+            lines.append(f"| [{name}]({name}.md) | not run |  |  |  |  |  | {r.get('command', '')} |")
+            continue
+        lines.append(f"| [{name}]({name}.md) | {c['params'] / 1e6:.3f} | {c['macs'] / 1e9:.3f} | "
+                     f"{c['flash_bytes'] / 1024:.1f} | {c.get('params_ratio', 0):.2f}x | "
+                     f"{_f(b.get('map50_95'))} / {_f(c.get('map50_95'))} | "
+                     f"{_f(a.get('finetuned', {}).get('map50_95'))} | {r.get('command', '')} |")
+    return "\n".join(lines + [""])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="YOLO model card from a detect recipe's results JSON")
     p.add_argument("results", type=Path)

@@ -81,6 +81,14 @@ def model_card(name: str, profile: Mapping[str, Any], record: Mapping[str, Any] 
     return "\n".join(out)
 
 
+def family_order(name: str) -> tuple[int, str]:
+    """Sort key for ``arch.tag`` names: the zoo's own order (2x ... 32x, then pico ... tiny), unknown names last."""
+    from .models import VARIANTS
+
+    arch = name.split(".", 1)[0]
+    return (VARIANTS.index(arch) if arch in VARIANTS else len(VARIANTS), name)
+
+
 def write_cards(out_dir: Path, profiles: Mapping[str, Mapping[str, Any]], records: Mapping[str, Mapping[str, Any]],
                 notes: Mapping[str, str] | None = None) -> list[Path]:
     """One card per ``arch.tag`` in ``profiles`` (records and ``notes`` by the same keys), as ``out_dir/<name>.md``."""
@@ -108,7 +116,7 @@ def index_markdown(profiles: Mapping[str, Mapping[str, Any]], records: Mapping[s
         lines.append(f"| resnet18 (base, {base.get('tag', 'imagenette')}) | {base['params'] / 1e6:.3f} | "
                      f"{base['macs'] / 1e9:.3f} | {base['flash_bytes'] / 1024:.1f} | {base['peak_ram_bytes'] / 1024:.1f} | "
                      f"{100 * base['top1']:.2f} | {base.get('recipe', '')} |")
-    for name, prof in sorted(profiles.items()):
+    for name, prof in sorted(profiles.items(), key=lambda kv: family_order(kv[0])):
         m = (records.get(name) or {}).get("metrics", {})
         top1 = f"{100 * m['top1']:.2f}" if "top1" in m else "not published"
         recipe = (records.get(name) or {}).get("recipe", "")
