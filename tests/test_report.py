@@ -144,3 +144,42 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path):
         load_evidence(recipes, results)
     with pytest.raises(ReportError, match="no such results folder"):
         load_evidence(recipes, tmp_path / "absent")
+
+
+def _admm_arm(top1: float, params: int, admm_epochs: int = 1, tune_epochs: int = 1) -> dict:
+    """An ADMM-route arm: ADMM on the dense base, decompose, fine-tune; both training stages count as budget."""
+    row = _arm(top1, params, seconds=300.0, epochs=admm_epochs + tune_epochs)
+    tune = row["stages"][1]
+    tune["result"]["epochs"] = tune_epochs
+    tune["result"]["config"]["epochs"] = tune_epochs
+    admm = {"id": "admm", "type": "admm", "params": {}, "result": {"epochs": admm_epochs, "seconds": 600.0}}
+    row["stages"].insert(1, admm)
+    return row
+
+
+def test_admm_arms_appear_only_where_listed_and_count_their_admm_epochs(tmp_path):
+    recipes, results = _fixture(tmp_path / "in")
+    extra = ["searched_admm", "uniform_admm"]
+    recipe = _recipe("evidence_8x", "stresnet18_8x", ["searched", "uniform", "scratch_kd", "scratch", "pruned"] + extra)
+    (recipes / "evidence_8x.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    data = json.loads((results / "evidence_8x.json").read_text())
+    data["arms"]["searched_admm"] = _admm_arm(0.882, 1397491)
+    (results / "evidence_8x.json").write_text(json.dumps(data))
+    md, _ = _render(recipes, results, tmp_path)
+    eight = _section(md, "stresnet18_8x")
+    row = next(line for line in eight.splitlines() if line.startswith("| 1b |"))
+    assert "| 88.20 | -0.30 |" in row and "| 2 | 15.0 | 0 |" in row  # 1 ADMM + 1 fine-tune epoch; 600 + 300 s
+    assert "| 2b | arm 2's plan by the same ADMM route | not run |" in eight
+    assert "Budget, the same for the 5 runs above" in eight  # 1 + 1 epochs is the same 2-epoch budget
+    assert "arm 1b spends 1 of those epochs on ADMM of the dense base" in eight
+    assert "- Arm 1b beats arm 1 (the zoo plan, decomposed from the base, KD) by 1.20 pt (24 images)" in eight
+    assert "| 1b |" not in _section(md, "stresnet18_16x")  # not listed there: no row at all
+    data["arms"]["uniform_admm"] = _admm_arm(0.885, 1408627)
+    (results / "evidence_8x.json").write_text(json.dumps(data))
+    eight = _section(_render(recipes, results, tmp_path)[0], "stresnet18_8x")
+    assert "**Arm 1b does not beat arm 2b** (arm 2's plan by the same ADMM route): arm 2b is ahead by 0.30 pt" in eight
+    assert "arms 1b, 2b spend 1 of those epochs" in eight
+    data["arms"]["uniform_admm"] = _admm_arm(0.885, 1408627, admm_epochs=2)  # 3 epochs in all: flagged
+    (results / "evidence_8x.json").write_text(json.dumps(data))
+    eight = _section(_render(recipes, results, tmp_path)[0], "stresnet18_8x")
+    assert "**The budgets are not identical**: epochs is 3 in evidence_8x:uniform_admm" in eight

@@ -25,16 +25,23 @@ from typing import Any, Mapping
 
 __all__ = ["ReportError", "ARMS", "Evidence", "load_evidence", "evidence_markdown", "card_notes", "plot_pareto"]
 
-# kind: (arm number, short description)
-ARMS: dict[str, tuple[int, str]] = {
-    "searched": (1, "the zoo plan, decomposed from the base, KD"),
-    "uniform": (2, "uniform ranks at >= arm 1's params, decomposed, KD"),
-    "scratch_kd": (3, "arm 1's architecture, random init, KD"),
-    "scratch": (4, "arm 1's architecture, random init, no KD"),
-    "pruned": (5, "dense ResNet-18 magnitude-pruned to arm 1's stored params, KD"),
+# kind: (arm number, short description); the five arms every evidence variant has
+ARMS: dict[str, tuple[str, str]] = {
+    "searched": ("1", "the zoo plan, decomposed from the base, KD"),
+    "uniform": ("2", "uniform ranks at >= arm 1's params, decomposed, KD"),
+    "scratch_kd": ("3", "arm 1's architecture, random init, KD"),
+    "scratch": ("4", "arm 1's architecture, random init, no KD"),
+    "pruned": ("5", "dense ResNet-18 magnitude-pruned to arm 1's stored params, KD"),
 }
+# optional arms, shown only for the variants whose recipes list them: arms 1 and 2 by the ADMM route, which
+# spends part of the same epochs on the dense base (pulled toward the plan's ranks) before decomposing
+EXTRA_ARMS: dict[str, tuple[str, str]] = {
+    "searched_admm": ("1b", "arm 1's plan, ADMM on the dense base for part of the epochs, then decomposed, KD"),
+    "uniform_admm": ("2b", "arm 2's plan by the same ADMM route"),
+}
+ALL_ARMS = {**ARMS, **EXTRA_ARMS}
 MARKERS = {"searched": ("o", "C3"), "uniform": ("s", "C0"), "scratch_kd": ("^", "C2"), "scratch": ("v", "C1"),
-           "pruned": ("D", "C4")}
+           "pruned": ("D", "C4"), "searched_admm": ("*", "C3"), "uniform_admm": ("P", "C0")}
 # fine-tune fields that must match between arms for "the same budget" (KD and seed differ by design)
 BUDGET_KEYS = ("epochs", "input_size", "batch_size", "optimizer", "lr", "min_lr", "momentum", "weight_decay",
                "warmup_epochs", "label_smoothing", "kd_T", "max_steps_per_epoch")
@@ -62,6 +69,7 @@ class Run:
     teacher: bool
     config: dict
     hardware: dict | None
+    admm_epochs: int = 0  # of ``epochs``, spent on ADMM of the dense base before decomposing
 
 
 @dataclass
@@ -96,7 +104,12 @@ class Evidence:
 
     @property
     def runs(self) -> list[Run]:
-        return [r for kind in ARMS for r in self.arms[kind].runs]
+        return [r for arm in self.arms.values() for r in arm.runs]
+
+    def shown(self) -> dict[str, tuple[str, str]]:
+        """The five arms, then the optional ones a recipe lists (run or not)."""
+        return {k: v for k, v in ALL_ARMS.items()
+                if k in ARMS or self.arms[k].runs or self.arms[k].missing}
 
 
 # ----------------------------------------------------------------------------- loading
@@ -129,8 +142,8 @@ def _read_recipe(path: Path) -> dict:
 
 def _kind(arm: str, where: str) -> str:
     m = re.fullmatch(r"(.+?)(_seed\d+)?", arm)
-    if m is None or m.group(1) not in ARMS:
-        raise ReportError(f"{where}: arm {arm!r} is not one of {', '.join(ARMS)} (optionally + _seed<N>)")
+    if m is None or m.group(1) not in ALL_ARMS:
+        raise ReportError(f"{where}: arm {arm!r} is not one of {', '.join(ALL_ARMS)} (optionally + _seed<N>)")
     return m.group(1)
 
 
@@ -141,14 +154,23 @@ def _run(recipe: str, arm: str, row: Mapping[str, Any], hardware: dict | None, w
             stages, hardware = s["result"].get("stages") or [], s["result"].get("hardware")
     tune = [s for s in stages if s.get("type") == "finetune"]
     ft = tune[-1] if tune else {"params": {}, "result": {}}
+    config = dict(ft["result"].get("config") or {})
+    epochs, seconds = ft["result"].get("epochs"), ft["result"].get("seconds")
+    admm = [s["result"] for s in stages if s.get("type") == "admm"]
+    admm_epochs = sum(int(a.get("epochs") or 0) for a in admm)
+    if admm and epochs is not None:  # ADMM epochs are part of the budget: count them with the fine-tune's
+        epochs += admm_epochs
+        config["epochs"] = epochs
+        if seconds is not None and all(a.get("seconds") is not None for a in admm):
+            seconds += sum(a["seconds"] for a in admm)
     final = row["final"]
     try:
         return Run(recipe=recipe, arm=arm, top1=float(final["top1"]), top5=float(final["top5"]),
                    images=int(final["images"]), params=int(final["params"]), macs=int(final["macs"]),
-                   flash_bytes=int(final["flash_bytes"]), epochs=ft["result"].get("epochs"),
-                   seed=(ft["result"].get("config") or {}).get("seed"), seconds=ft["result"].get("seconds"),
+                   flash_bytes=int(final["flash_bytes"]), epochs=epochs,
+                   seed=config.get("seed"), seconds=seconds,
                    teacher=(ft.get("params") or {}).get("teacher", "base") != "none",
-                   config=dict(ft["result"].get("config") or {}), hardware=ft["result"].get("hardware", hardware))
+                   config=config, hardware=ft["result"].get("hardware", hardware), admm_epochs=admm_epochs)
     except (KeyError, TypeError, ValueError) as e:
         raise ReportError(f"{where}: arm {arm!r} has a final eval without {e}") from None
 
@@ -165,7 +187,7 @@ def load_evidence(recipes_dir: Path, results_dir: Path) -> tuple[list[Evidence],
         recipe = _read_recipe(path)
         name = str(recipe.get("name", path.stem))
         variant = str(recipe["evidence"]["variant"])
-        ev = by_variant.setdefault(variant, Evidence(variant, arms={k: Arm(k) for k in ARMS}))
+        ev = by_variant.setdefault(variant, Evidence(variant, arms={k: Arm(k) for k in ALL_ARMS}))
         ev.recipes.append(name)
         if recipe["evidence"].get("note"):
             ev.notes.append(str(recipe["evidence"]["note"]).strip())
@@ -228,12 +250,35 @@ def _budget(runs: list[Run]) -> tuple[str, list[str]]:
     c = ref.config
     kd = sorted({(r.config.get("kd_T"), r.config.get("kd_alpha")) for r in runs if r.teacher}, key=str)
     kd_text = ", ".join(f"T={t} alpha={a}" for t, a in kd) if kd else "none"
-    no_kd = sorted({f"arm {ARMS[_kind(r.arm, r.recipe)][0]}" for r in runs if not r.teacher})
+    no_kd = sorted({f"arm {ALL_ARMS[_kind(r.arm, r.recipe)][0]}" for r in runs if not r.teacher})
+    admm = sorted({ALL_ARMS[_kind(r.arm, r.recipe)][0] for r in runs if r.admm_epochs})
+    admm_spent = " or ".join(str(e) for e in sorted({r.admm_epochs for r in runs if r.admm_epochs}))
     words = (f"{c.get('epochs')} epochs at {c.get('input_size')} px, batch {c.get('batch_size')}, "
              f"{c.get('optimizer')} lr {c.get('lr')} cosine to {c.get('min_lr')}, {c.get('warmup_epochs')} warm-up "
              f"epochs, label smoothing {c.get('label_smoothing')}; KD from the base: {kd_text}"
-             + (f" ({', '.join(no_kd)}: no teacher, plain cross-entropy)" if no_kd else ""))
+             + (f" ({', '.join(no_kd)}: no teacher, plain cross-entropy)" if no_kd else "")
+             + (f"; arm{'s' if len(admm) > 1 else ''} {', '.join(admm)} spend{'' if len(admm) > 1 else 's'} "
+                f"{admm_spent} of those epochs on ADMM of the dense base (KD, toward the plan's ranks) and the rest "
+                f"fine-tuning the decomposed model, each part with its own warm-up and cosine" if admm else ""))
     return words, diffs
+
+
+def _compare(first: Arm, num1: str, other: Arm, num: str, label: str) -> str:
+    """One plain sentence: does arm ``num1`` beat arm ``num``, by how many points and images, against what noise."""
+    d = 100 * (first.mean() - other.mean())
+    images = round(abs(d) / 100 * first.runs[0].images)
+    if first.std() is not None or other.std() is not None:
+        def sd(a: Arm) -> str:
+            return f"{100 * a.std():.2f} pt (n={len(a.runs)})" if a.std() is not None else "a single seed"
+        spread = f"; seed std: arm {num1} {sd(first)}, arm {num} {sd(other)}"
+    else:
+        spread = "; one seed each, so no seed spread to judge noise by"
+    if d > 0:
+        return f"- Arm {num1} beats arm {num} ({label}) by {d:.2f} pt ({images} images){spread}."
+    if d == 0:
+        return f"- **Arm {num1} does not beat arm {num}** ({label}): they tie{spread}."
+    return (f"- **Arm {num1} does not beat arm {num}** ({label}): arm {num} is ahead by {-d:.2f} pt "
+            f"({images} images){spread}.")
 
 
 def _verdicts(ev: Evidence) -> list[str]:
@@ -245,25 +290,13 @@ def _verdicts(ev: Evidence) -> list[str]:
         if kind == "searched":
             continue
         other = ev.arms[kind]
-        if not other.runs:
-            out.append(f"- Arm {num} ({label}) has not run: no comparison.")
-            continue
-        d = 100 * (first.mean() - other.mean())
-        images = round(abs(d) / 100 * first.runs[0].images)
-        spread = ""
-        if first.std() is not None or other.std() is not None:
-            def sd(a: Arm) -> str:
-                return f"{100 * a.std():.2f} pt (n={len(a.runs)})" if a.std() is not None else "a single seed"
-            spread = f"; seed std: arm 1 {sd(first)}, arm {num} {sd(other)}"
-        else:
-            spread = "; one seed each, so no seed spread to judge noise by"
-        if d > 0:
-            out.append(f"- Arm 1 beats arm {num} ({label}) by {d:.2f} pt ({images} images){spread}.")
-        elif d == 0:
-            out.append(f"- **Arm 1 does not beat arm {num}** ({label}): they tie{spread}.")
-        else:
-            out.append(f"- **Arm 1 does not beat arm {num}** ({label}): arm {num} is ahead by {-d:.2f} pt "
-                       f"({images} images){spread}.")
+        out.append(_compare(first, "1", other, num, label) if other.runs
+                   else f"- Arm {num} ({label}) has not run: no comparison.")
+    admm, admm_uniform = ev.arms["searched_admm"], ev.arms["uniform_admm"]
+    if admm.runs:  # the ADMM route: against arm 1 (same plan, direct), and like for like against uniform ranks
+        out.append(_compare(admm, "1b", first, "1", ARMS["searched"][1]))
+        if admm_uniform.runs:
+            out.append(_compare(admm, "1b", admm_uniform, "2b", EXTRA_ARMS["uniform_admm"][1]))
     return out
 
 
@@ -271,7 +304,7 @@ def _table(ev: Evidence, base: Mapping[str, Any] | None) -> list[str]:
     lines = ["| arm | what | top-1 (%) | vs base (pt) | top-5 (%) | params (M) | MMACs | int8 flash (KiB) | epochs "
              "| fine-tune min | seeds |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for kind, (num, label) in ARMS.items():
+    for kind, (num, label) in ev.shown().items():
         arm = ev.arms[kind]
         if not arm.runs:
             lines.append(f"| {num} | {label} | not run | - | - | - | - | - | - | - | - |")
@@ -347,7 +380,7 @@ def plot_pareto(evidence: list[Evidence], base: Mapping[str, Any] | None, path: 
     from matplotlib.ticker import FuncFormatter
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for kind, (num, label) in ARMS.items():
+    for kind, (num, label) in ALL_ARMS.items():
         marker, color = MARKERS[kind]
         xs, ys, errs = [], [], []
         for ev in evidence:
