@@ -9,6 +9,7 @@ published yet the card says so instead of quoting a number.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -139,8 +140,13 @@ def plot_family(records: Mapping[str, Mapping[str, Any]], base: Mapping[str, Any
     xs = [m["params"] / 1e6 for m in points.values()]
     ys = [100 * m["top1"] for m in points.values()]
     ax.plot(xs, ys, "o", label="STResNet family (recipes)")
-    for (name, m), x, y in zip(points.items(), xs, ys):
-        ax.annotate(name.split(".")[0], (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    placed: list[tuple[float, float, bool]] = []  # (x, y, label above) of the labels so far, left to right
+    for x, y, name in sorted(zip(xs, ys, (n.split(".")[0] for n in points))):
+        near = [a for px, py, a in placed if abs(math.log10(x / px)) < 0.4 and abs(y - py) < 3]
+        above = bool(near) and not near[-1]  # a close neighbour's label below: put this one above, and back
+        placed.append((x, y, above))
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 5 if above else -10), fontsize=7)
+    ax.margins(y=0.08)
     if base:
         ax.plot([base["params"] / 1e6], [100 * base["top1"]], "s", color="k", label="ResNet-18 (base)")
     ax.set_xscale("log")
@@ -149,7 +155,7 @@ def plot_family(records: Mapping[str, Mapping[str, Any]], base: Mapping[str, Any
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, metadata={"Software": None})
     plt.close(fig)
     return path
 
