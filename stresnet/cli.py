@@ -419,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("profile", help="params, MACs, int8 flash and peak RAM of models or plans")
-    p.add_argument("models", nargs="+", help="timm name, stresnet_<variant> (pico..tiny), or a plan JSON")
+    p.add_argument("models", nargs="+", help="timm name, stresnet_<variant> (pico..tiny), yolov5s/yolov5n[_2x] "
+                   "(the detect extra), or a plan JSON")
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--checkpoint", default=None, help="safetensors weights to load (shapes are checked)")
