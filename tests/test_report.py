@@ -172,7 +172,8 @@ def test_admm_arms_appear_only_where_listed_and_count_their_admm_epochs(tmp_path
     assert "| 2b | arm 2's plan by the same ADMM route | not run |" in eight
     assert "Budget, the same for the 5 runs above" in eight  # 1 + 1 epochs is the same 2-epoch budget
     assert "arm 1b spends 1 of those epochs on ADMM of the dense base" in eight
-    assert "- Arm 1b beats arm 1 (the zoo plan, decomposed from the base, KD) by 1.20 pt (24 images)" in eight
+    assert "- **Arm 1 does not beat arm 1b** (arm 1's plan, ADMM on the dense base for part of the epochs, then " \
+           "decomposed, KD): arm 1b is ahead by 1.20 pt (24 images)" in eight
     assert "| 1b |" not in _section(md, "stresnet18_16x")  # not listed there: no row at all
     data["arms"]["uniform_admm"] = _admm_arm(0.885, 1408627)
     (results / "evidence_8x.json").write_text(json.dumps(data))
@@ -183,3 +184,21 @@ def test_admm_arms_appear_only_where_listed_and_count_their_admm_epochs(tmp_path
     (results / "evidence_8x.json").write_text(json.dumps(data))
     eight = _section(_render(recipes, results, tmp_path)[0], "stresnet18_8x")
     assert "**The budgets are not identical**: epochs is 3 in evidence_8x:uniform_admm" in eight
+
+
+def test_where_arm_1_took_the_admm_route_it_says_so_and_is_compared_with_the_direct_route(tmp_path):
+    recipes, results = _fixture(tmp_path / "in")
+    kinds = ["searched", "uniform", "scratch_kd", "scratch", "pruned", "searched_direct", "uniform_direct"]
+    (recipes / "evidence_8x.yaml").write_text(yaml.safe_dump(_recipe("evidence_8x", "stresnet18_8x", kinds)))
+    data = json.loads((results / "evidence_8x.json").read_text())
+    data["arms"].update(searched=_admm_arm(0.881, 1397491), uniform=_admm_arm(0.868, 1408627),
+                        searched_direct=_arm(0.874, 1397491), uniform_direct=_arm(0.872, 1408627))
+    (results / "evidence_8x.json").write_text(json.dumps(data))
+    eight = _section(_render(recipes, results, tmp_path)[0], "stresnet18_8x")
+    assert "| 1 | the zoo plan, decomposed from the base, KD, by the ADMM route" in eight
+    assert "| 3 | arm 1's architecture, random init, KD |" in eight  # no route note where no ADMM ran
+    assert "- Arm 1 beats arm 1d (arm 1's plan, decomposed from the base directly (no ADMM), KD for all the " \
+           "epochs) by 0.70 pt (14 images)" in eight
+    assert "- Arm 1d beats arm 2d" in eight and "| 1b |" not in eight
+    assert "arms 1, 2 spend 1 of those epochs on ADMM" in eight and "Budget, the same for the 6 runs" in eight
+

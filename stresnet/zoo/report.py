@@ -38,10 +38,14 @@ ARMS: dict[str, tuple[str, str]] = {
 EXTRA_ARMS: dict[str, tuple[str, str]] = {
     "searched_admm": ("1b", "arm 1's plan, ADMM on the dense base for part of the epochs, then decomposed, KD"),
     "uniform_admm": ("2b", "arm 2's plan by the same ADMM route"),
+    "searched_direct": ("1d", "arm 1's plan, decomposed from the base directly (no ADMM), KD for all the epochs"),
+    "uniform_direct": ("2d", "arm 2's plan, decomposed directly (no ADMM), KD for all the epochs"),
 }
+ROUTE_NOTE = ", by the ADMM route (the dense base is pulled toward the ranks before decomposing)"
 ALL_ARMS = {**ARMS, **EXTRA_ARMS}
 MARKERS = {"searched": ("o", "C3"), "uniform": ("s", "C0"), "scratch_kd": ("^", "C2"), "scratch": ("v", "C1"),
-           "pruned": ("D", "C4"), "searched_admm": ("*", "C3"), "uniform_admm": ("P", "C0")}
+           "pruned": ("D", "C4"), "searched_admm": ("*", "C3"), "uniform_admm": ("P", "C0"),
+           "searched_direct": ("*", "C3"), "uniform_direct": ("P", "C0")}
 # fine-tune fields that must match between arms for "the same budget" (KD and seed differ by design)
 BUDGET_KEYS = ("epochs", "input_size", "batch_size", "optimizer", "lr", "min_lr", "momentum", "weight_decay",
                "warmup_epochs", "label_smoothing", "kd_T", "max_steps_per_epoch")
@@ -106,9 +110,16 @@ class Evidence:
     def runs(self) -> list[Run]:
         return [r for arm in self.arms.values() for r in arm.runs]
 
+    def label(self, kind: str) -> str:
+        """The arm's description; arms 1 and 2 say so where their runs took the ADMM route."""
+        label = ALL_ARMS[kind][1]
+        if kind in ("searched", "uniform") and any(r.admm_epochs for r in self.arms[kind].runs):
+            label += ROUTE_NOTE
+        return label
+
     def shown(self) -> dict[str, tuple[str, str]]:
-        """The five arms, then the optional ones a recipe lists (run or not)."""
-        return {k: v for k, v in ALL_ARMS.items()
+        """The five arms, then the optional ones a recipe lists (run or not): ``{kind: (number, label)}``."""
+        return {k: (num, self.label(k)) for k, (num, _) in ALL_ARMS.items()
                 if k in ARMS or self.arms[k].runs or self.arms[k].missing}
 
 
@@ -286,17 +297,20 @@ def _verdicts(ev: Evidence) -> list[str]:
     if not first.runs:
         return ["- Arm 1 has not run: no comparison is made."]
     out = []
-    for kind, (num, label) in ARMS.items():
+    for kind, (num, _) in ARMS.items():
         if kind == "searched":
             continue
         other = ev.arms[kind]
-        out.append(_compare(first, "1", other, num, label) if other.runs
-                   else f"- Arm {num} ({label}) has not run: no comparison.")
-    admm, admm_uniform = ev.arms["searched_admm"], ev.arms["uniform_admm"]
-    if admm.runs:  # the ADMM route: against arm 1 (same plan, direct), and like for like against uniform ranks
-        out.append(_compare(admm, "1b", first, "1", ARMS["searched"][1]))
-        if admm_uniform.runs:
-            out.append(_compare(admm, "1b", admm_uniform, "2b", EXTRA_ARMS["uniform_admm"][1]))
+        out.append(_compare(first, "1", other, num, ev.label(kind)) if other.runs
+                   else f"- Arm {num} ({ev.label(kind)}) has not run: no comparison.")
+    # the other route for arms 1 and 2 (ADMM where arm 1 is direct, direct where arm 1 took ADMM):
+    # against arm 1 (same plan), and like for like against uniform ranks by that route
+    for alt, alt_uniform in (("searched_admm", "uniform_admm"), ("searched_direct", "uniform_direct")):
+        num, num_uniform = ALL_ARMS[alt][0], ALL_ARMS[alt_uniform][0]
+        if ev.arms[alt].runs:
+            out.append(_compare(first, "1", ev.arms[alt], num, ev.label(alt)))
+            if ev.arms[alt_uniform].runs:
+                out.append(_compare(ev.arms[alt], num, ev.arms[alt_uniform], num_uniform, ev.label(alt_uniform)))
     return out
 
 
