@@ -303,14 +303,16 @@ def _verdicts(ev: Evidence) -> list[str]:
         other = ev.arms[kind]
         out.append(_compare(first, "1", other, num, ev.label(kind)) if other.runs
                    else f"- Arm {num} ({ev.label(kind)}) has not run: no comparison.")
-    # the other route for arms 1 and 2 (ADMM where arm 1 is direct, direct where arm 1 took ADMM):
-    # against arm 1 (same plan), and like for like against uniform ranks by that route
+    # the other route for arms 1 and 2 (ADMM where arm 1 is direct, direct where arm 1 took ADMM): arm 1 against
+    # both (same plan; uniform ranks at their other route), and the two plans like for like by that route
     for alt, alt_uniform in (("searched_admm", "uniform_admm"), ("searched_direct", "uniform_direct")):
         num, num_uniform = ALL_ARMS[alt][0], ALL_ARMS[alt_uniform][0]
         if ev.arms[alt].runs:
             out.append(_compare(first, "1", ev.arms[alt], num, ev.label(alt)))
-            if ev.arms[alt_uniform].runs:
-                out.append(_compare(ev.arms[alt], num, ev.arms[alt_uniform], num_uniform, ev.label(alt_uniform)))
+        if ev.arms[alt_uniform].runs:
+            out.append(_compare(first, "1", ev.arms[alt_uniform], num_uniform, ev.label(alt_uniform)))
+        if ev.arms[alt].runs and ev.arms[alt_uniform].runs:
+            out.append(_compare(ev.arms[alt], num, ev.arms[alt_uniform], num_uniform, ev.label(alt_uniform)))
     return out
 
 
