@@ -266,7 +266,7 @@ def test_evidence_arms_uniform_scratch_and_dense_pruning_on_a_tiny_tree(tree, tm
     (not the decomposition), the no-KD arm never runs the teacher, and the report reads every arm back."""
     import stresnet.train.engine as engine
     from safetensors.torch import load_file
-    from stresnet.zoo.report import evidence_markdown, load_evidence
+    from stresnet.zoo.report import ARMS, evidence_markdown, load_evidence
 
     plan = str(REPO / "stresnet/zoo/plans/stresnet18_16x.json")
     ft = {**TRAIN, "max_steps_per_epoch": 2}
@@ -325,7 +325,8 @@ def test_evidence_arms_uniform_scratch_and_dense_pruning_on_a_tiny_tree(tree, tm
     assert all(teacher_logits["scratch_kd"]) and all(teacher_logits["searched"])
 
     evidence, base = load_evidence(recipes, tmp_path / "results")
-    assert [len(evidence[0].arms[k].runs) for k in evidence[0].arms] == [1, 1, 1, 1, 1]
+    assert [len(evidence[0].arms[k].runs) for k in ARMS] == [1, 1, 1, 1, 1]
+    assert not any(evidence[0].arms[k].runs for k in evidence[0].arms if k not in ARMS)
     assert "Budget, the same for the 5 runs above" in evidence_markdown(evidence, base)
 
 
