@@ -44,8 +44,8 @@ EXTRA_ARMS: dict[str, tuple[str, str]] = {
 ROUTE_NOTE = ", by the ADMM route (the dense base is pulled toward the ranks before decomposing)"
 ALL_ARMS = {**ARMS, **EXTRA_ARMS}
 MARKERS = {"searched": ("o", "C3"), "uniform": ("s", "C0"), "scratch_kd": ("^", "C2"), "scratch": ("v", "C1"),
-           "pruned": ("D", "C4"), "searched_admm": ("*", "C3"), "uniform_admm": ("P", "C0"),
-           "searched_direct": ("*", "C3"), "uniform_direct": ("P", "C0")}
+           "pruned": ("D", "C4"), "searched_admm": ("o", "C3"), "uniform_admm": ("s", "C0"),
+           "searched_direct": ("o", "C3"), "uniform_direct": ("s", "C0")}  # the other route: hollow markers
 # fine-tune fields that must match between arms for "the same budget" (KD and seed differ by design)
 BUDGET_KEYS = ("epochs", "input_size", "batch_size", "optimizer", "lr", "min_lr", "momentum", "weight_decay",
                "warmup_epochs", "label_smoothing", "kd_T", "max_steps_per_epoch")
@@ -405,8 +405,12 @@ def plot_pareto(evidence: list[Evidence], base: Mapping[str, Any] | None, path: 
                 xs.append(arm.runs[0].params / 1e6)
                 ys.append(100 * arm.mean())
                 errs.append(100 * (arm.std() or 0.0))
+        admm = [ev.variant.removeprefix("stresnet18_") for ev in evidence if any(r.admm_epochs for r in ev.arms[kind].runs)]
+        if admm and kind in ARMS:
+            label += f" (ADMM route: {', '.join(admm)})"
         if xs:
-            ax.errorbar(xs, ys, yerr=errs, fmt=marker, color=color, capsize=3, label=f"arm {num}: {label}")
+            ax.errorbar(xs, ys, yerr=errs, fmt=marker, color=color, capsize=3, label=f"arm {num}: {label}",
+                        **({"mfc": "none"} if kind in EXTRA_ARMS else {}))
     for ev in evidence:
         if ev.arms["searched"].runs:
             arm = ev.arms["searched"]
