@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _results(params: int, map_c: float) -> dict:
     return {"task": "detect", "arch": "yolov5n.yaml", "command": "stresnet recipe run recipes/y.yaml",
-            "stages": [{"id": "card", "type": "card", "params": {"variant": "yolov5n_2x", "tag": "tiny"}, "result": {}}],
+            "stages": [{"id": "card", "type": "card", "params": {"variant": "yolov5n_2x", "tag": "tiny"},
+                        "result": {}}],
             "search": {"budget": "2x"},
             "base": {"map50_95": 0.001},
             "compressed": {"params": params, "macs": 2 * params, "flash_bytes": params + 1024, "params_ratio": 2.0,

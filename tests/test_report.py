@@ -200,6 +200,7 @@ def test_where_arm_1_took_the_admm_route_it_says_so_and_is_compared_with_the_dir
     assert "- Arm 1 beats arm 1d (arm 1's plan, decomposed from the base directly (no ADMM), KD for all the " \
            "epochs) by 0.70 pt (14 images)" in eight
     assert "- Arm 1d beats arm 2d" in eight and "| 1b |" not in eight
-    assert "- Arm 1 beats arm 2d (arm 2's plan, decomposed directly (no ADMM), KD for all the epochs) by 0.90 pt" in eight
+    assert "- Arm 1 beats arm 2d (arm 2's plan, decomposed directly (no ADMM), KD for all the epochs) " \
+           "by 0.90 pt" in eight
     assert "arms 1, 2 spend 1 of those epochs on ADMM" in eight and "Budget, the same for the 6 runs" in eight
 

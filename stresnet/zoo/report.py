@@ -405,7 +405,8 @@ def plot_pareto(evidence: list[Evidence], base: Mapping[str, Any] | None, path: 
                 xs.append(arm.runs[0].params / 1e6)
                 ys.append(100 * arm.mean())
                 errs.append(100 * (arm.std() or 0.0))
-        admm = [ev.variant.removeprefix("stresnet18_") for ev in evidence if any(r.admm_epochs for r in ev.arms[kind].runs)]
+        admm = [ev.variant.removeprefix("stresnet18_") for ev in evidence
+                if any(r.admm_epochs for r in ev.arms[kind].runs)]
         if admm and kind in ARMS:
             label += f" (ADMM route: {', '.join(admm)})"
         if xs:
