@@ -82,10 +82,15 @@ def detect_card(results: Mapping[str, Any], variant: str, tag: str = "coco-mini"
     return "\n".join(out)
 
 
+def default_variant(results: Mapping[str, Any]) -> str:
+    """``<arch>_<budget>`` (``yolov5s_2x``): the name of a detect recipe's model when its card stage gives none."""
+    return f"{results.get('arch', 'yolo').removesuffix('.yaml')}_{results.get('search', {}).get('budget', '2x')}"
+
+
 def write_card(results: Mapping[str, Any], variant: str | None, tag: str, out_dir: Path) -> Path:
     """Write ``out_dir/<variant>.<tag>.md`` (variant defaults to ``<arch>_<budget>``)."""
     if variant is None:
-        variant = f"{results.get('arch', 'yolo').removesuffix('.yaml')}_{results.get('search', {}).get('budget', '2x')}"
+        variant = default_variant(results)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{variant}.{tag}.md"
     path.write_text(detect_card(results, variant, tag))
@@ -105,8 +110,7 @@ def detect_results(results_dir: Path) -> dict[str, tuple[dict, str]]:
         if not isinstance(results, dict) or results.get("task") != "detect":
             continue
         card = next((r.get("params", {}) for r in results.get("stages", []) if r.get("type") == "card"), {})
-        variant = card.get("variant") or \
-            f"{results.get('arch', 'yolo').removesuffix('.yaml')}_{results.get('search', {}).get('budget', '2x')}"
+        variant = card.get("variant") or default_variant(results)
         tag = card.get("tag", "coco-mini")
         found[f"{variant}.{tag}"] = (results, tag)
     return found

@@ -5,7 +5,9 @@ arms exist, for which zoo variant, via ``evidence: {variant: ...}``); the
 numbers are their results JSONs (``recipes/results/<name>.json``). An arm
 listed in a recipe without a finished ``eval`` is shown as "not run", never
 dropped or filled in. Arms are named by kind (``searched``, ``uniform``,
-``scratch_kd``, ``scratch``, ``pruned``), seed repeats as ``<kind>_seed<N>``;
+``scratch_kd``, ``scratch``, ``pruned``; optionally ``searched_direct`` / ``uniform_direct``
+(arms 1d/2d) or ``searched_admm`` / ``uniform_admm`` (1b/2b): arms 1 and 2 by the other
+initialisation route, direct decomposition or ADMM), seed repeats as ``<kind>_seed<N>``;
 repeats of one kind are pooled into mean +/- std (sample std). An optional
 ``evidence: {note: ...}`` in a recipe is printed under its variant's verdicts:
 the place to say *why* arm 1 lost where it did (words only; numbers come
