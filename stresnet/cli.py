@@ -203,7 +203,7 @@ def _cmd_cards(args: argparse.Namespace) -> int:
                 if "base" in data else None)
     paths = write_cards(args.out, profiles, records, notes=card_notes(evidence, ev_base))
     detectors = detect_results(Path(args.results))
-    paths += [write_card(r, name.split(".", 1)[0], tag, args.out) for name, (r, tag) in detectors.items()]
+    paths += [write_card(r, variant, tag, args.out) for r, variant, tag in detectors.values()]
     index = index_markdown(profiles, records, base,
                            extra="\n".join(x for x in (detect_index_markdown(detectors),
                                                        evidence_markdown(evidence, ev_base)) if x))

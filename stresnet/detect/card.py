@@ -97,8 +97,8 @@ def write_card(results: Mapping[str, Any], variant: str | None, tag: str, out_di
     return path
 
 
-def detect_results(results_dir: Path) -> dict[str, tuple[dict, str]]:
-    """``{card name: (results, tag)}`` for every detect recipe's results JSON in ``results_dir``.
+def detect_results(results_dir: Path) -> dict[str, tuple[dict, str, str]]:
+    """``{card name: (results, variant, tag)}`` for every detect recipe's results JSON in ``results_dir``.
 
     The variant and tag come from the recipe's ``card`` stage (``yolov5s_2x``, ``coco-mini``)."""
     found = {}
@@ -112,11 +112,11 @@ def detect_results(results_dir: Path) -> dict[str, tuple[dict, str]]:
         card = next((r.get("params", {}) for r in results.get("stages", []) if r.get("type") == "card"), {})
         variant = card.get("variant") or default_variant(results)
         tag = card.get("tag", "coco-mini")
-        found[f"{variant}.{tag}"] = (results, tag)
+        found[f"{variant}.{tag}"] = (results, variant, tag)
     return found
 
 
-def detect_index_markdown(found: Mapping[str, tuple[Mapping[str, Any], str]]) -> str:
+def detect_index_markdown(found: Mapping[str, tuple[Mapping[str, Any], str, str]]) -> str:
     """The detectors' rows for ``zoo_cards/README.md`` (empty when no detect recipe has run)."""
     if not found:
         return ""
@@ -126,7 +126,7 @@ def detect_index_markdown(found: Mapping[str, tuple[Mapping[str, Any], str]]) ->
              "scores the compressed model against the uncompressed one's boxes (fidelity).", "",
              "| model | params (M) | GMACs (320 px) | int8 flash (KiB) | params ratio | mAP50-95 base / compressed | "
              "agreement mAP50-95 (fine-tuned) | recipe |", "|---|---|---|---|---|---|---|---|"]
-    for name, (r, _tag) in sorted(found.items()):
+    for name, (r, _variant, _tag) in sorted(found.items()):
         b, c, a = r.get("base", {}), r.get("compressed", {}), r.get("agreement", {})
         if "params" not in c:
             lines.append(f"| [{name}]({name}.md) | not run |  |  |  |  |  | {r.get('command', '')} |")

@@ -59,6 +59,7 @@ def check_detect_recipe(recipe: dict, source: str) -> None:
         if unknown:
             raise RecipeError(f"{source}: stages[{i}].{kind}: unknown option {unknown[0]!r}")
 
+
 @dataclass
 class _State:
     data_yaml: str | None = None
