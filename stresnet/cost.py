@@ -83,6 +83,7 @@ output (200,704 B) = 1,003,520 B, the peak (later stages are smaller).
 """
 from __future__ import annotations
 
+import copy
 import math
 import operator
 from dataclasses import asdict, dataclass, field
@@ -91,12 +92,13 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from .layers import LowRankSparseConv2d, MaskedConv2d, TT5Conv2d
+from .layers import LowRankSparseConv2d, MaskedConv2d, TT5Conv2d, registry
+from .layers.registry import BYTES_PER_CHANNEL, ROW_PTR_BYTES
+from .plan import Plan, PlanError, validate
+from .surgery import SurgeryError, apply_surgery
 
-__all__ = ["LayerCost", "Profile", "profile", "module_cost", "format_table"]
+__all__ = ["LayerCost", "Profile", "profile", "module_cost", "plan_params", "format_table", "BYTES_PER_CHANNEL"]
 
-BYTES_PER_CHANNEL = 8  # int32 bias + int32 per-channel requant scale
-ROW_PTR_BYTES = 4
 OTHER_PARAM_BYTES = 4
 
 _LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
@@ -583,3 +585,36 @@ def _traced_macs(module: nn.Module, shape: tuple[int, ...]) -> int:
         for m, flag in flags:
             m.training = flag
     return sum(rec.macs(name) for name, m in rec.modules.items() if isinstance(m, _LAYER_TYPES))
+
+
+# --------------------------------------------------------------------------- params of a plan, without building it
+
+
+def _spec_params(module: nn.Module, spec: Mapping[str, Any]) -> int:
+    """Params of ``module`` once ``spec`` is applied: the type's own formula (``full``: as stored)."""
+    if spec["type"] == "full":
+        return _static(module)[0]
+    return registry.for_spec(spec).params(module, spec)
+
+
+def prepared_for_plan(model: nn.Module, plan: Plan | Mapping[str, Any]) -> tuple[nn.Module, Plan]:
+    """The model as ``compress`` would see it (after the plan's surgery, on a copy), validated against the plan."""
+    plan = plan if isinstance(plan, Plan) else Plan.from_dict(plan)
+    if plan.surgery:
+        model = copy.deepcopy(model)
+        try:
+            apply_surgery(model, plan.surgery)
+        except SurgeryError as e:
+            raise PlanError(str(e)) from None
+    validate(model, plan)
+    return model, plan
+
+
+def plan_params(model: nn.Module, plan: Plan | Mapping[str, Any]) -> int:
+    """Total params of ``compress(model, plan)`` without building it (this module's definition)."""
+    model, plan = prepared_for_plan(model, plan)
+    total = _static(model)[0]
+    for name, spec in plan.factorised().items():
+        module = model.get_submodule(name)
+        total += _spec_params(module, spec) - _static(module)[0]
+    return total

@@ -34,13 +34,14 @@ import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from . import decompose as dec
-from . import layers as L
+from .layers import registry
+from .layers.registry import Init, SpecError
 from .surgery import SurgeryError, apply_surgery
 
 __all__ = [
@@ -51,12 +52,11 @@ __all__ = [
     "compress",
     "plan_of",
     "build",
+    "register_builder",
     "load_weights",
 ]
 
 PLAN_FORMAT = "stresnet-plan/1"
-SPEC_TYPES = ("full", "tucker2", "tt", "svd", "lrs", "sparse")
-Init = Literal["decompose", "random"]
 
 
 class PlanError(ValueError):
@@ -134,90 +134,23 @@ class Plan:
         return {k: v for k, v in self.layers.items() if v.get("type") != "full"}
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _check_spec_syntax(name: str, spec: Any) -> None:
-    """Model-independent checks: the spec's type and the form of its numbers."""
+    """Model-independent checks: the spec's type and the form of its fields (by the type's own rules)."""
     if not isinstance(spec, Mapping):
         raise PlanError(f"layer {name!r}: spec must be an object, got {spec!r}")
-    kind = spec.get("type")
-    if kind not in SPEC_TYPES:
-        raise PlanError(f"layer {name!r}: unknown type {kind!r} (expected one of {', '.join(SPEC_TYPES)})")
-    if kind in ("tucker2", "lrs"):
-        ranks = spec.get("ranks")
-        if not (isinstance(ranks, list) and len(ranks) == 2):
-            raise PlanError(f"layer {name!r}: {kind} needs ranks [r_out, r_in], got {ranks!r}")
-    if kind == "tt":
-        ranks = spec.get("ranks")
-        if not (isinstance(ranks, list) and len(ranks) in (2, 4)):
-            raise PlanError(f"layer {name!r}: tt needs ranks [r1, r2] or [r1, r2, r3, r4], got {ranks!r}")
-        if len(ranks) == 4 and not _valid_factors(spec.get("factors")):
-            raise PlanError(f"layer {name!r}: 5-core tt needs factors [[o1, o2], [i1, i2]], got {spec.get('factors')!r}")
-    if kind == "svd":
-        ranks = [spec.get("rank")]
-    if kind not in ("full", "sparse"):
-        for r in ranks:
-            if not _is_int(r) or r <= 0:
-                raise PlanError(f"layer {name!r}: rank {r!r} must be a positive integer")
-    if kind in ("lrs", "sparse"):
-        d = spec.get("density")
-        if not isinstance(d, (int, float)) or isinstance(d, bool) or not 0 < d <= 1:
-            raise PlanError(f"layer {name!r}: density {d!r} must be in (0, 1]")
-
-
-def _valid_factors(f: Any) -> bool:
-    return (isinstance(f, list) and len(f) == 2
-            and all(isinstance(p, list) and len(p) == 2 and all(_is_int(x) and x > 0 for x in p) for p in f))
-
-
-def _rank_limits(module: nn.Module, spec: Mapping[str, Any]) -> list[tuple[str, int]]:
-    """The (label, maximum) of each rank of ``spec`` on this module, in spec order."""
-    kind = spec["type"]
-    if isinstance(module, nn.Linear):
-        return [("rank", min(module.out_features, module.in_features))]
-    c_out, c_in, kh, kw = module.weight.shape
-    if kind in ("tucker2", "lrs"):
-        return [("r_out", c_out), ("r_in", c_in)]
-    if kind == "svd":
-        return [("rank", min(c_out, c_in * kh * kw))]
-    factors = spec.get("factors")
-    if factors is None:
-        bounds = dec.tt_rank_bounds((c_out, kh * kw, c_in))
-    else:
-        (o1, o2), (i1, i2) = factors
-        if o1 * o2 != c_out or i1 * i2 != c_in:
-            raise PlanError(f"layer factors {factors} do not multiply to C_out={c_out}, C_in={c_in}")
-        bounds = dec.tt_rank_bounds((o1, o2, kh * kw, i1, i2))
-    return [(f"r{k + 1}", b) for k, b in enumerate(bounds)]
-
-
-def _spec_ranks(spec: Mapping[str, Any]) -> list[int]:
-    return [spec["rank"]] if spec["type"] == "svd" else list(spec.get("ranks", []))
+    try:
+        registry.for_spec(spec).check_spec(spec)
+    except SpecError as e:
+        raise PlanError(f"layer {name!r}: {e}") from None
 
 
 def _check_spec_on_module(name: str, module: nn.Module | None, spec: Mapping[str, Any]) -> None:
-    kind = spec["type"]
     if module is None:
         raise PlanError(f"layer {name!r}: no such module in the model")
-    if kind == "full":
-        return
-    allowed = (nn.Conv2d, nn.Linear) if kind == "svd" else (nn.Conv2d,)
-    if type(module) not in allowed:
-        raise PlanError(f"layer {name!r}: is a {type(module).__name__}, {kind} needs "
-                        + " or ".join(t.__name__ for t in allowed))
-    if kind == "sparse":
-        return  # any plain conv, grouped ones included; no ranks
-    if isinstance(module, nn.Conv2d) and module.groups != 1:
-        raise PlanError(f"layer {name!r}: grouped conv (groups={module.groups}) cannot be factorised")
     try:
-        limits = _rank_limits(module, spec)
-    except PlanError as e:
+        registry.for_spec(spec).check_module(module, spec)
+    except SpecError as e:
         raise PlanError(f"layer {name!r}: {e}") from None
-    for value, (label, limit) in zip(_spec_ranks(spec), limits):
-        if value > limit:
-            raise PlanError(f"layer {name!r}: rank {label}={value} exceeds the mode size {limit}")
 
 
 def validate(model: nn.Module, plan: Plan) -> None:
@@ -226,47 +159,6 @@ def validate(model: nn.Module, plan: Plan) -> None:
     for name, spec in plan.layers.items():
         _check_spec_syntax(name, spec)
         _check_spec_on_module(name, modules.get(name), spec)
-
-
-def _factorise(module: nn.Module, spec: Mapping[str, Any], init: Init, bases: dec.ModeBases | None) -> nn.Module:
-    """Build the factorised replacement of ``module`` for ``spec``."""
-    kind = spec["type"]
-    if kind == "sparse":
-        if init == "decompose":
-            return L.MaskedConv2d.from_conv(module, spec["density"])
-        layer = L.MaskedConv2d(module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
-                               padding=module.padding, dilation=module.dilation, groups=module.groups,
-                               bias=module.bias is not None, padding_mode=module.padding_mode,
-                               density=spec["density"])
-        with torch.no_grad():
-            layer.mask.copy_(L._topk_mask(layer.weight, spec["density"]))
-        return layer
-    if isinstance(module, nn.Linear):
-        if init == "decompose":
-            return L.LowRankLinear.from_linear(module, spec["rank"])
-        return L.LowRankLinear(module.in_features, module.out_features, spec["rank"], bias=module.bias is not None)
-    if init == "decompose":
-        if kind == "tucker2":
-            return L.Tucker2Conv2d.from_conv(module, spec["ranks"], bases=bases, n_iter=int(spec.get("n_iter", 0)))
-        if kind == "tt" and "factors" in spec:
-            return L.TT5Conv2d.from_conv(module, spec["ranks"], spec["factors"])
-        if kind == "tt":
-            return L.TTConv2d.from_conv(module, spec["ranks"])
-        if kind == "svd":
-            return L.LowRankConv2d.from_conv(module, spec["rank"])
-        return L.LowRankSparseConv2d.from_conv(module, spec["ranks"], spec["density"], bases=bases)
-    geometry = dict(kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
-                    dilation=module.dilation, bias=module.bias is not None, padding_mode=module.padding_mode)
-    c_in, c_out = module.in_channels, module.out_channels
-    if kind == "tucker2":
-        return L.Tucker2Conv2d(c_in, c_out, spec["ranks"], **geometry)
-    if kind == "tt" and "factors" in spec:
-        return L.TT5Conv2d(c_in, c_out, spec["ranks"], spec["factors"], **geometry)
-    if kind == "tt":
-        return L.TTConv2d(c_in, c_out, spec["ranks"], **geometry)
-    if kind == "svd":
-        return L.LowRankConv2d(c_in, c_out, spec["rank"], **geometry)
-    return L.LowRankSparseConv2d(c_in, c_out, spec["ranks"], spec["density"], **geometry)
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -298,7 +190,7 @@ def compress(
     validate(model, plan)
     for name, spec in plan.factorised().items():
         module = model.get_submodule(name)
-        new = _factorise(module, spec, init, (bases or {}).get(name))
+        new = registry.for_spec(spec).build(module, spec, init, (bases or {}).get(name))
         new.to(device=module.weight.device, dtype=module.weight.dtype)
         new.train(module.training)
         _set_submodule(model, name, new)
@@ -310,11 +202,40 @@ def plan_of(model: nn.Module) -> Plan:
     """Read the plan back from a (compressed) model."""
     layers: dict[str, dict] = {}
     for name, module in model.named_modules():
-        if isinstance(module, L.FACTORISED_TYPES) and hasattr(module, "spec"):
+        if isinstance(module, registry.layer_types()) and hasattr(module, "spec"):
             if any(name.startswith(p + ".") for p in layers):
                 continue  # the Tucker-2 or masked part inside a low-rank+sparse layer
             layers[name] = module.spec()
     return Plan(layers=layers, surgery=copy.deepcopy(getattr(model, "stresnet_surgery", {})))
+
+
+BUILDERS_GROUP = "stresnet.builders"
+"""Entry-point group of base builders for libraries other than timm: ``name = "module:function"``."""
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_builder(library: str, builder: Callable[..., nn.Module]) -> None:
+    """Let :func:`build` create plans whose base says ``"library": library``.
+
+    ``builder(plan, **kwargs)`` returns the compressed architecture. Installed
+    packages plug in through the ``stresnet.builders`` entry-point group instead
+    (the ultralytics detector does), so the core never imports them.
+    """
+    _BUILDERS[library] = builder
+
+
+def _builder(library: str) -> Callable[..., nn.Module]:
+    if library not in _BUILDERS:
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=BUILDERS_GROUP):
+            if ep.name == library:
+                _BUILDERS[library] = ep.load()
+                break
+        else:
+            raise PlanError(f"plan: no builder for base library {library!r} "
+                            f"(none registered in the {BUILDERS_GROUP!r} entry points)")
+    return _BUILDERS[library]
 
 
 def build(
@@ -325,17 +246,15 @@ def build(
 ) -> nn.Module:
     """Rebuild a compressed architecture from (base, plan): ``create(arch, **base_kwargs)`` then :func:`compress`.
 
-    ``create`` defaults to ``timm.create_model`` (ultralytics' model yaml when the
-    base says ``"library": "ultralytics"``); ``kwargs`` override the plan's base
-    arguments (e.g. ``num_classes``).
+    ``create`` defaults to ``timm.create_model``; a base that names another
+    ``"library"`` (e.g. ``"ultralytics"``) is built by that library's registered
+    builder. ``kwargs`` override the plan's base arguments (e.g. ``num_classes``).
     """
     if plan.base is None or "arch" not in plan.base:
         raise PlanError("plan: has no base architecture ('base': {'arch': ...}); pass the base model to compress()")
-    if create is None and plan.base.get("library") == "ultralytics":  # {"arch": "yolov5s.yaml", ...}
-        from .detect.model import build_detector
-
-        return build_detector(plan, nc=kwargs.get("nc") or kwargs.get("num_classes"))
-    base = {k: v for k, v in plan.base.items() if k != "arch"}
+    if create is None and plan.base.get("library") not in (None, "timm"):
+        return _builder(plan.base["library"])(plan, **kwargs)
+    base = {k: v for k, v in plan.base.items() if k not in ("arch", "library")}
     base.update(kwargs)
     if create is None:
         import timm

@@ -13,6 +13,7 @@ has made sure it never reaches for the network.
     recipe.py     the ``task: detect`` recipe stages
     card.py       model cards from the recipe results
     hub.py        the ``yolov5s_2x`` / ``yolov5n_2x`` torch.hub entries
+    names.py      the ``stresnet.models`` entry point: these names for ``stresnet.resolve``
 """
 from __future__ import annotations
 
@@ -29,3 +30,4 @@ class DetectError(PlanError):
     """Bad input to the detection tools; the message is one line naming the offending thing.
 
     A :class:`~stresnet.plan.PlanError`, so every ``stresnet`` command prints it as one line (exit 2)."""
+

@@ -15,13 +15,13 @@ from typing import Any, Mapping
 from torch import nn
 
 from .. import layers as L
+from ..layers import registry
 from ..plan import Plan, PlanError, compress
 from . import BASES, VARIANTS, DetectError
 from .offline import require_ultralytics
 
 PLANS_DIR = Path(__file__).resolve().parents[1] / "zoo" / "plans"
 LIBRARY = "ultralytics"
-FOLDABLE = ("full", "tucker2", "tt", "svd")  # specs whose last op is a plain conv that BatchNorm folds into
 
 
 require_ultralytics()  # one clear line when the optional extra is missing; offline from here on
@@ -71,9 +71,10 @@ def compress_detector(model: nn.Module, plan: Plan | Mapping[str, Any], init: st
         raise DetectError(f"compress_detector: expected an ultralytics DetectionModel, got {type(model).__name__}")
     plan = plan if isinstance(plan, Plan) else Plan.from_dict(plan)
     for name, spec in plan.layers.items():
-        if spec["type"] not in FOLDABLE or (spec["type"] == "tt" and len(spec["ranks"]) != 2):
+        if not _folds_bn(spec):
+            foldable = ", ".join(f.name for f in registry.registered() if f.folds_bn)
             raise DetectError(f"layer {name!r}: {spec['type']} is not supported in a detector plan "
-                              f"(use {', '.join(FOLDABLE)}; tt with 2 ranks): its BatchNorm could not be folded")
+                              f"(use {foldable}): its BatchNorm could not be folded")
     compress(model, plan, init=init)  # validates the whole plan first (PlanError names the layer)
     model.__class__ = FactorisedDetectionModel
     return model
@@ -87,6 +88,18 @@ def zoo_plan(name: str) -> Plan:
     if not path.is_file():
         raise DetectError(f"model {name!r}: plan {path} is missing (run its recipe's search stage)")
     return Plan.load(path)
+
+
+def _folds_bn(spec: Mapping[str, Any]) -> bool:
+    try:
+        return registry.for_spec(spec).folds_bn
+    except registry.SpecError:
+        return False  # an unknown type: compress() names it
+
+
+def build_from_plan(plan: Plan, nc: int | None = None, num_classes: int | None = None, **_: Any) -> nn.Module:
+    """The ``stresnet.builders`` entry point for ``"library": "ultralytics"`` (see :func:`stresnet.plan.build`)."""
+    return build_detector(plan, nc=nc or num_classes)
 
 
 def build_detector(plan: Plan, nc: int | None = None) -> nn.Module:

@@ -56,7 +56,7 @@ class SearchSpace:
         total = self.fixed_cost[metric]
         for name, shape in self.shapes.items():
             spec = plan.layers.get(name, {"type": "full"})
-            cost = shape.full_cost() if spec["type"] == "full" else shape.tucker2_cost(*spec["ranks"])
+            cost = shape.cost(spec)
             total = max(total, cost[metric]) if metric == "ram" else total + cost[metric]
         return total
 
@@ -136,8 +136,9 @@ def _ranks_plan(space: SearchSpace, ranks: Callable[[str, LayerShape], tuple[flo
     for name, shape in space.shapes.items():
         a, b = ranks(name, shape)
         r_out, r_in = _snap(a, shape.c_out, space.step), _snap(b, shape.c_in, space.step)
-        if shape.tucker2_cost(r_out, r_in)["params"] < shape.full_cost()["params"]:
-            layers[name] = {"type": "tucker2", "ranks": [r_out, r_in]}
+        spec = {"type": "tucker2", "ranks": [r_out, r_in]}
+        if shape.cost(spec)["params"] < shape.full_cost()["params"]:
+            layers[name] = spec
     return Plan(layers=layers, meta={"method": method})
 
 

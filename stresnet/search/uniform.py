@@ -15,6 +15,9 @@ import copy
 
 from torch import nn
 
+from ..cost import plan_params
+from ..layers import registry
+from ..layers.registry import LayerGeometry
 from ..plan import Plan
 from ..surgery import apply_surgery
 from . import baselines as bl
@@ -23,13 +26,11 @@ from .pipeline import decomposable_convs
 __all__ = ["uniform_plan", "uniform_plan_at_least"]
 
 
-def _tucker2_params(conv: nn.Conv2d, r_out: int, r_in: int) -> int:
-    kh, kw = conv.kernel_size
-    return conv.in_channels * r_in + r_in * r_out * kh * kw + r_out * conv.out_channels
-
-
-def uniform_plan(model: nn.Module, ratio: float, step: int = 4, like: Plan | None = None) -> Plan:
-    """Tucker-2 at ``ratio`` of both channel dims on every plain conv of ``model`` (after ``like``'s surgery)."""
+def uniform_plan(model: nn.Module, ratio: float, step: int = 4, like: Plan | None = None,
+                 kind: str = "tucker2") -> Plan:
+    """``kind`` (Tucker-2 by default) at ``ratio`` of both channel dims on every plain conv of ``model``
+    (after ``like``'s surgery), sized by the type's own :meth:`from_mode_ranks`."""
+    fact = registry.get(kind)
     work = model
     surgery = copy.deepcopy(like.surgery) if like is not None else {}
     if surgery:
@@ -38,16 +39,18 @@ def uniform_plan(model: nn.Module, ratio: float, step: int = 4, like: Plan | Non
     for name, conv in decomposable_convs(work).items():
         r_out = bl.uniform_rank(conv.out_channels, ratio, step)
         r_in = bl.uniform_rank(conv.in_channels, ratio, step)
-        if _tucker2_params(conv, r_out, r_in) < conv.weight.numel():
-            layers[name] = {"type": "tucker2", "ranks": [r_out, r_in]}
+        geometry = LayerGeometry.of(conv)
+        spec = fact.from_mode_ranks(geometry, r_out, r_in)
+        if spec is None:
+            raise ValueError(f"uniform_plan: factorisation {kind!r} is not sized by per-mode ranks")
+        if fact.cost(geometry, spec)["params"] < geometry.full_cost()["params"]:
+            layers[name] = spec
     return Plan(layers=layers, base=copy.deepcopy(like.base) if like is not None else None, surgery=surgery,
                 meta={"method": "uniform", "ratio": ratio, "step": step})
 
 
 def uniform_plan_at_least(model: nn.Module, like: Plan, step: int = 4) -> Plan:
     """The smallest uniform plan (one ratio for every conv) with at least the params of ``compress(model, like)``."""
-    from ..train.sparsity import plan_params
-
     target = plan_params(model, like)
     plan = bl.scale_to_at_least(lambda k: uniform_plan(model, k, step, like), lambda p: plan_params(model, p),
                                 target, 1e-3, 1.0)

@@ -65,10 +65,10 @@ import torch
 from torch import Tensor, nn
 
 from .. import decompose as dec
-from ..cost import _static
-from ..layers import LowRankSparseConv2d, MaskedConv2d, _topk_mask
-from ..plan import Plan, PlanError, _factorise, compress, validate
-from ..surgery import SurgeryError, apply_surgery
+from ..cost import _static, plan_params, prepared_for_plan as _prepared
+from ..layers import LowRankSparseConv2d, MaskedConv2d, registry
+from ..layers.common import topk_mask
+from ..plan import Plan, PlanError, compress
 from .engine import TrainHook
 
 __all__ = [
@@ -131,7 +131,7 @@ def _prune(layer: MaskedConv2d, density: float) -> None:
     """Mask = top-``round(density * numel)`` of ``|weight|`` (kept if it has that many already); zero the rest."""
     keep = int(round(density * layer.weight.numel()))
     if int(torch.count_nonzero(layer.mask)) != keep:
-        layer.mask.copy_(_topk_mask(layer.weight.detach(), density).to(layer.mask.dtype))
+        layer.mask.copy_(topk_mask(layer.weight.detach(), density).to(layer.mask.dtype))
     layer.weight.mul_(layer.mask)
 
 
@@ -209,51 +209,7 @@ def _bias(conv: nn.Conv2d) -> int:
 
 
 def _tucker2_params(conv: nn.Conv2d, ranks: Sequence[int]) -> int:
-    r_out, r_in = (int(r) for r in ranks)
-    kh, kw = conv.kernel_size
-    return conv.in_channels * r_in + r_in * r_out * kh * kw + r_out * conv.out_channels + _bias(conv)
-
-
-def _sparse_params(conv: nn.Conv2d, density: float) -> int:
-    """CSR params of a masked copy of ``conv`` at ``density``, without bias."""
-    return 2 * int(round(density * conv.weight.numel())) + conv.out_channels + 1
-
-
-def _spec_params(module: nn.Module, spec: Mapping[str, Any]) -> int:
-    """Params (cost.py's definition) of ``module`` once ``spec`` is applied."""
-    kind = spec["type"]
-    if kind == "full":
-        return _static(module)[0]
-    if kind == "sparse":
-        return _sparse_params(module, spec["density"]) + _bias(module)
-    if kind == "lrs":
-        return _tucker2_params(module, spec["ranks"]) + _sparse_params(module, spec["density"])
-    if kind == "tucker2":
-        return _tucker2_params(module, spec["ranks"])
-    return _static(_factorise(module, spec, "random", None))[0]
-
-
-def _prepared(model: nn.Module, plan: Plan | Mapping[str, Any]) -> tuple[nn.Module, Plan]:
-    """The model as ``compress`` would see it (after the plan's surgery), validated against the plan."""
-    plan = plan if isinstance(plan, Plan) else Plan.from_dict(plan)
-    if plan.surgery:
-        model = copy.deepcopy(model)
-        try:
-            apply_surgery(model, plan.surgery)
-        except SurgeryError as e:
-            raise PlanError(str(e)) from None
-    validate(model, plan)
-    return model, plan
-
-
-def plan_params(model: nn.Module, plan: Plan | Mapping[str, Any]) -> int:
-    """Total params of ``compress(model, plan)`` without building it (cost.py's definition)."""
-    model, plan = _prepared(model, plan)
-    total = _static(model)[0]
-    for name, spec in plan.factorised().items():
-        module = model.get_submodule(name)
-        total += _spec_params(module, spec) - _static(module)[0]
-    return total
+    return registry.get("tucker2").params(conv, {"type": "tucker2", "ranks": list(ranks)})
 
 
 def _derived(plan: Plan, layers: dict[str, dict], meta: dict) -> Plan:
