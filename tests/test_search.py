@@ -98,5 +98,5 @@ def test_analytic_option_costs_equal_the_cost_model_of_built_layers() -> None:
     full, tucker = profile(conv, (32, 16, 16)), profile(Tucker2Conv2d.from_conv(conv, [24, 16]), (32, 16, 16))
     assert shape.full_cost()["params"] == full.params and shape.full_cost()["flash"] == full.flash_bytes
     assert shape.full_cost()["macs"] == full.macs
-    cost = shape.tucker2_cost(24, 16)
+    cost = shape.cost({"type": "tucker2", "ranks": [24, 16]})
     assert (cost["params"], cost["flash"], cost["macs"]) == (tucker.params, tucker.flash_bytes, tucker.macs)

@@ -80,6 +80,7 @@ def build_space(
     tied: bool = False,
     max_patches: int = 16384,
     progress: bool = True,
+    cost_size: Sequence[int] | None = None,
 ) -> SearchSpace:
     """Capture calibration inputs and build every layer's options (the expensive, budget-free part).
 
@@ -88,6 +89,9 @@ def build_space(
     (CompressNAS). Fisher is the default because it predicts measured zero-shot
     accuracy better (``stresnet check-estimator``: Spearman -0.87 vs -0.59 over
     20 random 8x plans of the Imagenette ResNet-18).
+
+    ``cost_size`` (``(C, H, W)``) prices the options at another resolution than the
+    calibration images' (e.g. an MCU budget stated at 224 px while calibrating at 128).
     """
     from ..cost import profile
 
@@ -99,21 +103,46 @@ def build_space(
     convs = decomposable_convs(model)
     inputs = capture_inputs(model, convs, images)
     grads = output_grad_moments(model, convs, images, labels) if estimator == "fisher" else {}
+    cost_hw = _input_sizes(model, convs, cost_size) if cost_size is not None else {}
     shapes, bases, tables, options = {}, {}, {}, {}
     for name, conv in tqdm(convs.items(), desc="estimator tables", disable=not progress, leave=False):
         x = inputs.pop(name)
-        shapes[name] = LayerShape.of(conv, x.shape[-2:])
+        shapes[name] = LayerShape.of(conv, cost_hw.get(name, x.shape[-2:]))
         bases[name] = dec.mode_bases(conv.weight)
-        scale = 1.0 / (len(images) ** 2 * shapes[name].hw_out)
+        scale = 1.0 / (len(images) ** 2 * LayerShape.of(conv, x.shape[-2:]).hw_out)  # calibration positions
         tables[name] = tucker2_error_table(bases[name], patch_moment(conv, x, max_patches),
                                            rank_grid(conv.in_channels, step), grads.get(name), scale)
         options[name] = layer_options(shapes[name], tables[name], tied=tied, step=step)
-    input_size = tuple(images.shape[1:])
+    input_size = tuple(cost_size) if cost_size is not None else tuple(images.shape[1:])
     prof = profile(model, input_size)
     base_cost = {"params": prof.params, "flash": prof.flash_bytes, "macs": prof.macs, "ram": prof.peak_ram_bytes}
     fixed = {m: base_cost[m] - sum(s.full_cost()[m] for s in shapes.values()) for m in ("params", "flash", "macs")}
     fixed["ram"] = 0.0  # peak RAM is bounded layer by layer (see options.py)
     return SearchSpace(shapes, bases, tables, options, base_cost, fixed, step, time.perf_counter() - t0, input_size)
+
+
+@torch.no_grad()
+def _input_sizes(model: nn.Module, modules: Mapping[str, nn.Module], size: Sequence[int]) -> dict[str, tuple[int, int]]:
+    """The spatial size of each module's input on one ``size`` sample (shapes only)."""
+    from ..cost import _sample_input
+
+    found: dict[str, tuple[int, int]] = {}
+
+    def keep(name: str) -> Callable:
+        def hook(_m: nn.Module, args: tuple) -> None:  # returns None: the input passes unchanged
+            found.setdefault(name, tuple(args[0].shape[-2:]))
+        return hook
+
+    hooks = [m.register_forward_pre_hook(keep(n)) for n, m in modules.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        model(_sample_input(model, (1, *size)))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return found
 
 
 def searched_plan(space: SearchSpace, budget: Budget) -> Plan:

@@ -54,3 +54,28 @@ def family_plan(variant: str, num_classes: int = 1000) -> Plan:
         surgery=surgery,
         meta={"name": f"stresnet_{variant}", "source": "STResNet rank table (arXiv 2601.05364)"},
     )
+
+
+BUDGET_METRICS = ("params", "flash", "macs", "ram")
+
+
+def st_budget(variant: str, num_classes: int, input_size: int = 224) -> dict[str, int]:
+    """The four MCU budgets of an ST variant, carried to a ``num_classes`` model.
+
+    ``stresnet profile`` of ST's own architecture (the paper's ranks and stem) at
+    ``input_size`` px, built with a ``num_classes`` head: the backbone's budgets
+    are ST's, and the classifier is the one the task needs (so at 1000 classes
+    these are ST's budgets exactly, and a model within the ``num_classes`` budgets
+    is within ST's once both take the same 1000-class head).
+    """
+    from ..cost import profile
+    from ..plan import build
+
+    prof = profile(build(family_plan(variant, num_classes=num_classes)), (3, input_size, input_size))
+    return {"params": prof.params, "flash": prof.flash_bytes, "macs": prof.macs, "ram": prof.peak_ram_bytes}
+
+
+def st_budget_text(variant: str, num_classes: int, input_size: int = 224) -> str:
+    """:func:`st_budget` as a budget string for the search (``params<=...,flash<=...B,macs<=...,ram<=...B``)."""
+    b = st_budget(variant, num_classes, input_size)
+    return f"params<={b['params']},flash<={b['flash']}B,macs<={b['macs']},ram<={b['ram']}B"
