@@ -12,9 +12,10 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-__all__ = ["TrainConfig", "add_train_options", "train_options"]
+__all__ = ["TrainConfig", "add_train_options", "train_options", "add_finetune_args"]
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -102,3 +103,22 @@ def train_options(args: argparse.Namespace, *, prefix: str = "", only: Iterable[
                   exclude: Iterable[str] = ()) -> dict[str, Any]:
     """``{field: value}`` of the options :func:`add_train_options` added with the same ``prefix`` / ``only`` / ``exclude``."""
     return {f.name: getattr(args, prefix + f.name) for f in _selected(only, exclude)}
+
+
+def add_finetune_args(p: argparse.ArgumentParser) -> None:
+    """The options of a fine-tune run: data, base, plan, output, and every :class:`TrainConfig` field.
+
+    Shared by ``stresnet finetune`` and ``python -m stresnet.train.engine`` (the
+    module form is what ``torchrun -m`` launches).
+    """
+    p.add_argument("--train", type=Path, required=True, help="ImageFolder of training images")
+    p.add_argument("--val", type=Path, required=True, help="ImageFolder of validation images")
+    p.add_argument("--out", type=Path, required=True, help="output folder (metrics.jsonl, last.pt, model.safetensors)")
+    p.add_argument("--model", required=True, help="base: timm name, stresnet_<variant> or plan JSON")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--plan", type=Path, default=None, help="plan to decompose the base with (student)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="base weights (safetensors)")
+    p.add_argument("--no-teacher", action="store_true", help="plain fine-tuning (label-smoothed CE only)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when present")
+    p.add_argument("--no-progress", action="store_true")
+    add_train_options(p.add_argument_group("training options (TrainConfig)"))

@@ -55,7 +55,7 @@ from tqdm import tqdm
 from ..utils.distributed import all_reduce_sum, broadcast_buffers, cleanup_distributed, dist_info, setup_distributed
 from ..utils.metrics import TopK
 from ..utils.modes import eval_mode
-from .config import TrainConfig, add_train_options, train_options
+from .config import TrainConfig, add_finetune_args, train_options
 from .data import TrainLoader, val_loader
 from .distill import kd_loss
 
@@ -407,25 +407,6 @@ def build_models(model: str, num_classes: int | None = None, plan: str | Path | 
     if plan is not None:
         student = compress(student, Plan.load(plan), init="decompose")
     return student, base
-
-
-def add_finetune_args(p: argparse.ArgumentParser) -> None:
-    """The options of a fine-tune run: data, base, plan, output, and every :class:`TrainConfig` field.
-
-    Shared by ``stresnet finetune`` and ``python -m stresnet.train.engine`` (the
-    module form is what ``torchrun -m`` launches).
-    """
-    p.add_argument("--train", type=Path, required=True, help="ImageFolder of training images")
-    p.add_argument("--val", type=Path, required=True, help="ImageFolder of validation images")
-    p.add_argument("--out", type=Path, required=True, help="output folder (metrics.jsonl, last.pt, model.safetensors)")
-    p.add_argument("--model", required=True, help="base: timm name, stresnet_<variant> or plan JSON")
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--plan", type=Path, default=None, help="plan to decompose the base with (student)")
-    p.add_argument("--checkpoint", type=Path, default=None, help="base weights (safetensors)")
-    p.add_argument("--no-teacher", action="store_true", help="plain fine-tuning (label-smoothed CE only)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when present")
-    p.add_argument("--no-progress", action="store_true")
-    add_train_options(p.add_argument_group("training options (TrainConfig)"))
 
 
 def finetune_config(args: argparse.Namespace) -> TrainConfig:
