@@ -42,7 +42,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_decompose, format_bench
+    from .deploy import bench_decompose, format_bench
 
     result = bench_decompose(checkpoint=args.checkpoint, repeats=args.repeats)
     print(json.dumps(result) if args.json else format_bench(result))
