@@ -67,3 +67,27 @@ def test_python_m_stresnet_finetune_help() -> None:
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--kd-alpha" in proc.stdout and "--max-steps-per-epoch" in proc.stdout and "--train" in proc.stdout
+
+
+def test_parsed_training_options_build_the_train_config() -> None:
+    from stresnet.train.engine import finetune_config
+
+    args = build_parser().parse_args(["finetune", "--train", "t", "--val", "v", "--out", "o", "--model", "resnet18",
+                                      "--max-steps-per-epoch", "3", "--kd-T", "2.5", "--channels-last", "--no-amp",
+                                      "--optimizer", "adamw"])
+    cfg = finetune_config(args)
+    assert (cfg.max_steps_per_epoch, cfg.kd_T, cfg.channels_last, cfg.amp, cfg.optimizer) == (3, 2.5, True, False, "adamw")
+    assert cfg.epochs == 10 and cfg.sync_bn is False  # untouched fields keep TrainConfig's defaults
+    with pytest.raises(ValueError, match="kd_alpha"):
+        finetune_config(build_parser().parse_args(["finetune", "--train", "t", "--val", "v", "--out", "o",
+                                                   "--model", "m", "--kd-alpha", "2"]))
+
+
+def test_method_commands_pass_their_training_options_to_the_stages() -> None:
+    from stresnet.cli import _train_fields
+
+    args = build_parser().parse_args(["admm", "--checkpoint", "c", "--data", "d", "--plan", "p", "--out", "o",
+                                      "--batch-size", "8", "--label-smoothing", "0", "--finetune-epochs", "3"])
+    assert _train_fields(args) == {"epochs": 1, "warmup_epochs": 0.2, "channels_last": True, "batch_size": 8,
+                                   "label_smoothing": 0.0}
+    assert _train_fields(args, epochs=args.finetune_epochs)["epochs"] == 3

@@ -1,7 +1,10 @@
 """Fine-tune a compressed student with knowledge distillation from its uncompressed base.
 
-Single process (``python -m stresnet.train.engine ...`` or :func:`finetune`)
-or DDP under ``torchrun --nproc_per_node=N -m stresnet.train.engine ...``.
+Single process (``stresnet finetune ...``, ``python -m stresnet.train.engine ...``
+or :func:`finetune`) or DDP under ``torchrun --nproc_per_node=N -m
+stresnet.train.engine ...``; both command lines take the same options
+(:func:`stresnet.train.config.add_finetune_args`: one per :class:`TrainConfig`
+field).
 
 Semantics worth knowing:
 
