@@ -42,7 +42,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_decompose, format_bench
+    from .deploy import bench_decompose, format_bench
 
     result = bench_decompose(checkpoint=args.checkpoint, repeats=args.repeats)
     print(json.dumps(result) if args.json else format_bench(result))
@@ -289,12 +289,21 @@ def _method_recipe(args: argparse.Namespace, stages: list[dict]) -> dict:
             "base": base, "stages": stages, "_path": f"(command line: stresnet {args.command})"}
 
 
-def _train_fields(args: argparse.Namespace, prefix: str = "") -> dict:
-    out = {"lr": getattr(args, prefix + "lr"), "epochs": getattr(args, prefix + "epochs"), "batch_size": args.batch_size,
-           "seed": args.seed, "channels_last": args.channels_last, "warmup_epochs": args.warmup_epochs}
-    if args.max_steps_per_epoch:
-        out["max_steps_per_epoch"] = args.max_steps_per_epoch
-    return out
+# training options of the method commands: TrainConfig's, with these defaults (a quick run at the recipe's size)
+_METHOD_TRAIN_DEFAULTS = {"epochs": 1, "warmup_epochs": 0.2, "channels_last": True}
+_METHOD_TRAIN_EXCLUDE = ("input_size",)  # the recipe's --input-size sets it
+
+
+def _train_fields(args: argparse.Namespace, **override) -> dict:
+    """A stage's training fields: the TrainConfig options given on the command line (those off TrainConfig's
+    defaults; the recipe fills in the rest), then ``override``."""
+    from dataclasses import fields
+
+    from .train.config import TrainConfig, train_options
+
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    opts = {**train_options(args, exclude=_METHOD_TRAIN_EXCLUDE), **override}
+    return {k: v for k, v in opts.items() if v != defaults[k]}
 
 
 def _run_method(args: argparse.Namespace, stages: list[dict]) -> int:
@@ -316,9 +325,10 @@ def _run_method(args: argparse.Namespace, stages: list[dict]) -> int:
 
 def _cmd_admm(args: argparse.Namespace) -> int:
     admm = {**_train_fields(args), "rho": args.rho, "updates_per_epoch": args.updates_per_epoch}
+    finetune = _train_fields(args, epochs=args.finetune_epochs, lr=args.finetune_lr)
     return _run_method(args, [{"plan": {"file": str(args.plan.resolve())}}, {"admm": admm},
                               {"decompose": {"compare_base": True}},
-                              {"finetune": _train_fields(args, "finetune_")}, {"eval": {}}])
+                              {"finetune": finetune}, {"eval": {}}])
 
 
 def _cmd_lrs(args: argparse.Namespace) -> int:
@@ -329,11 +339,15 @@ def _cmd_lrs(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from .train.engine import main as engine_main
+    from .train.engine import finetune_config, run_finetune
 
+    try:
+        cfg = finetune_config(args)
+    except ValueError as e:  # a bad training option: one line
+        print(f"stresnet: error: {e}", file=sys.stderr)
+        return 2
     _set_device(args.device)
-    rest = list(args.engine_args)
-    engine_main(rest[1:] if rest[:1] == ["--"] else rest)
+    run_finetune(args, cfg)
     return 0
 
 
@@ -380,24 +394,21 @@ def _cmd_zoo_verify(args: argparse.Namespace) -> int:
 
 
 def _add_method_args(p: argparse.ArgumentParser) -> None:
-    """Arguments shared by ``admm`` and ``lrs``: base, data, plan, output and fine-tuning budget."""
+    """Arguments shared by ``admm`` and ``lrs``: base, data, plan, output and the training options."""
+    from .train.config import add_train_options
+
     p.add_argument("--model", default="resnet18")
     p.add_argument("--checkpoint", type=Path, required=True, help="base weights (safetensors)")
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--data", type=Path, required=True, help="ImageFolder root with train/ and val/")
     p.add_argument("--plan", type=Path, required=True, help="target Tucker-2 / TT plan (e.g. from stresnet search)")
     p.add_argument("--out", type=Path, required=True, help="output folder (stage folders + results.json)")
-    p.add_argument("--input-size", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--warmup-epochs", type=float, default=0.2)
-    p.add_argument("--max-steps-per-epoch", type=int, default=None)
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input-size", type=int, default=128, help="resolution of every stage")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    add_train_options(p.add_argument_group("training options (TrainConfig)"), defaults=_METHOD_TRAIN_DEFAULTS,
+                      exclude=_METHOD_TRAIN_EXCLUDE)
 
 
 def _add_search_args(p: argparse.ArgumentParser) -> None:
@@ -415,6 +426,8 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .train.config import add_finetune_args
+
     parser = argparse.ArgumentParser(prog="stresnet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -540,18 +553,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only these arms (others keep, with --resume, the stages they finished earlier)")
     r.set_defaults(func=_cmd_recipe_run)
 
-    p = sub.add_parser("finetune", help="KD fine-tune of a decomposed base (all options: stresnet finetune -- --help)",
-                       add_help=False)
+    p = sub.add_parser("finetune", help="KD fine-tune of a decomposed base (torchrun -m stresnet.train.engine for DDP)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("engine_args", nargs=argparse.REMAINDER)
+    add_finetune_args(p)
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("admm", help="ADMM rank-constrained training towards a plan, decompose, fine-tune, eval")
     _add_method_args(p)
     p.add_argument("--rho", type=float, default=1e-3)
     p.add_argument("--updates-per-epoch", type=int, default=1)
-    p.add_argument("--finetune-epochs", type=int, default=1)
-    p.add_argument("--finetune-lr", type=float, default=0.01)
+    p.add_argument("--finetune-epochs", type=int, default=1, help="epochs of the fine-tune after decomposition")
+    p.add_argument("--finetune-lr", type=float, default=0.01, help="peak learning rate of that fine-tune")
     p.set_defaults(func=_cmd_admm)
 
     p = sub.add_parser("lrs", help="low-rank + sparse (or magnitude pruning) at a Tucker-2 plan's params, fine-tuned")
@@ -583,6 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["finetune"] and "--" in argv:  # the older `stresnet finetune -- <options>` form
+        argv.remove("--")
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

@@ -29,6 +29,9 @@ from .cost import profile
 from .plan import Plan, compress
 from .search.budgets import parse_budget
 from .search.pipeline import build_space, run_search
+from .train.distill import kd_loss
+from .utils.metrics import topk_correct
+from .utils.modes import eval_mode
 
 __all__ = ["DEFAULT_EPOCHS", "DEFAULT_FINETUNE_EPOCHS", "load_digits_data", "run_demo", "format_demo_table", "main"]
 
@@ -78,18 +81,10 @@ def _batches(n: int, shuffle: bool, generator: torch.Generator | None = None) ->
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    """Top-1 accuracy in eval mode."""
-    model.eval()
-    correct = sum(int((model(x[i]).argmax(1) == y[i]).sum()) for i in _batches(len(y), shuffle=False))
+    """Top-1 accuracy in eval mode (the model's modes are restored afterwards)."""
+    with eval_mode(model):
+        correct = sum(topk_correct(model(x[i]), y[i], (1,))[0] for i in _batches(len(y), shuffle=False))
     return correct / len(y)
-
-
-def _kd_loss(student: Tensor, teacher: Tensor, target: Tensor) -> Tensor:
-    """Half CE on the labels, half KL to the base's softened outputs (Hinton et al., T^2-scaled)."""
-    t = KD_TEMPERATURE
-    kl = F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True,
-                  reduction="batchmean")
-    return 0.5 * F.cross_entropy(student, target) + 0.5 * t * t * kl
 
 
 def train(model: nn.Module, data: Data, epochs: int, lr: float, seed: int, teacher: nn.Module | None = None,
@@ -109,12 +104,12 @@ def train(model: nn.Module, data: Data, epochs: int, lr: float, seed: int, teach
         for idx in _batches(len(data.y_train), shuffle=True, generator=gen):
             x, y = data.x_train[idx], data.y_train[idx]
             out = model(x)
-            if teacher is None:
-                loss = F.cross_entropy(out, y)
-            else:
+            soft = None
+            if teacher is not None:
                 with torch.no_grad():
                     soft = teacher(x)
-                loss = _kd_loss(out, soft, y)
+            # half CE on the labels, half T^2-scaled KL to the base's softened outputs; CE alone without a teacher
+            loss = kd_loss(out, soft, y, T=KD_TEMPERATURE, alpha=0.5, label_smoothing=0.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -8,6 +8,8 @@ from torch import nn
 from tqdm import tqdm
 
 from .data import eval_loader
+from .utils.metrics import TopK
+from .utils.modes import eval_mode
 
 
 @torch.no_grad()
@@ -17,24 +19,12 @@ def accuracy(model: nn.Module, data: str | Path, size: int, batch_size: int = 12
 
     ``limit`` evaluates only the first ``limit`` batches (for quick checks).
     """
-    was_training = model.training
-    model.eval()
-    correct1 = correct5 = n = 0
+    acc = TopK()
     loader = eval_loader(data, size, batch_size)
-    try:
+    with eval_mode(model):
         for i, (x, y) in enumerate(tqdm(loader, desc="eval", disable=not progress, leave=False)):
             if limit is not None and i >= limit:
                 break
-            top = model(x).topk(min(5, model_num_classes(model, x)), dim=1).indices
-            correct1 += (top[:, 0] == y).sum().item()
-            correct5 += (top == y[:, None]).any(1).sum().item()
-            n += len(y)
-    finally:
-        model.train(was_training)
-    return {"top1": correct1 / max(n, 1), "top5": correct5 / max(n, 1), "images": n}
+            acc.update(model(x), y)
+    return acc.result()
 
-
-def model_num_classes(model: nn.Module, x: torch.Tensor) -> int:
-    """Number of classes the model predicts (timm's attribute, else the output width)."""
-    n = getattr(model, "num_classes", None)
-    return int(n) if n else int(model(x[:1]).shape[1])

@@ -1,7 +1,7 @@
 """The decomposition benchmark runs and reports consistent numbers (its speed is for `stresnet bench`, not tests)."""
 from __future__ import annotations
 
-from stresnet.bench import bench_decompose, format_bench
+from stresnet.deploy import bench_decompose, format_bench
 
 
 def test_bench_decompose_reports_both_methods_on_the_same_layers() -> None:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import decompose as dec
+from ..utils.modes import eval_mode
 
 __all__ = ["capture_inputs", "output_grad_moments", "patch_moment", "ErrorTable", "tucker2_error_table", "rank_grid"]
 
@@ -48,15 +49,13 @@ def capture_inputs(model: nn.Module, names: Iterable[str], images: Tensor, batch
         model.get_submodule(n).register_forward_pre_hook(lambda m, args, n=n: store[n].append(args[0].detach()))
         for n in names
     ]
-    was_training = model.training
-    model.eval()
     try:
-        for i in range(0, len(images), batch_size):
-            model(images[i : i + batch_size])
+        with eval_mode(model):
+            for i in range(0, len(images), batch_size):
+                model(images[i : i + batch_size])
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     return {n: torch.cat(v) for n, v in store.items()}
 
 
@@ -82,20 +81,18 @@ def output_grad_moments(
 
     hooks = [model.get_submodule(n).register_forward_hook(keep_grad(n)) for n in names]
     flags = [p.requires_grad for p in model.parameters()]
-    was_training = model.training
-    model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        for i in range(0, len(images), batch_size):
-            x = images[i : i + batch_size].clone().requires_grad_(True)
-            F.cross_entropy(model(x), labels[i : i + batch_size], reduction="sum").backward()
+        with eval_mode(model):
+            for i in range(0, len(images), batch_size):
+                x = images[i : i + batch_size].clone().requires_grad_(True)
+                F.cross_entropy(model(x), labels[i : i + batch_size], reduction="sum").backward()
     finally:
         for h in hooks:
             h.remove()
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
-        model.train(was_training)
     return moments
 
 

@@ -1,7 +1,10 @@
 """Fine-tune a compressed student with knowledge distillation from its uncompressed base.
 
-Single process (``python -m stresnet.train.engine ...`` or :func:`finetune`)
-or DDP under ``torchrun --nproc_per_node=N -m stresnet.train.engine ...``.
+Single process (``stresnet finetune ...``, ``python -m stresnet.train.engine ...``
+or :func:`finetune`) or DDP under ``torchrun --nproc_per_node=N -m
+stresnet.train.engine ...``; both command lines take the same options
+(:func:`stresnet.train.config.add_finetune_args`: one per :class:`TrainConfig`
+field).
 
 Semantics worth knowing:
 
@@ -36,27 +39,30 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import logging
 import math
 import os
 import random
 import time
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from timm.utils import random_seed
 from tqdm import tqdm
 
-from .data import TrainLoader, dist_info, val_loader
+from ..utils.distributed import all_reduce_sum, broadcast_buffers, cleanup_distributed, dist_info, setup_distributed
+from ..utils.metrics import TopK
+from ..utils.modes import eval_mode
+from .config import TrainConfig, add_finetune_args, train_options
+from .data import TrainLoader, val_loader
 from .distill import kd_loss
 
-__all__ = ["TrainConfig", "TrainHook", "finetune", "build_models", "main"]
+__all__ = ["TrainConfig", "TrainHook", "finetune", "build_models", "add_finetune_args", "finetune_config", "run_finetune", "main"]
 
 log = logging.getLogger("stresnet.train")
 
@@ -67,41 +73,6 @@ _TRAJECTORY = ("epochs", "lr", "min_lr", "weight_decay", "momentum", "batch_size
                "seed", "kd_T", "kd_alpha", "label_smoothing", "optimizer", "max_steps_per_epoch")
 # test hook: seconds to sleep after each optimizer step (makes kill -9 tests deterministic)
 _STEP_SLEEP_ENV = "STRESNET_TRAIN_STEP_SLEEP"
-
-
-@dataclass
-class TrainConfig:
-    """Fine-tuning hyper-parameters. ``batch_size`` is per process (see the module docstring)."""
-
-    epochs: int = 10
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    batch_size: int = 64
-    input_size: int = 224
-    warmup_epochs: float = 1.0
-    seed: int = 0
-    kd_T: float = 4.0
-    kd_alpha: float = 0.5
-    label_smoothing: float = 0.1
-    optimizer: str = "sgd"  # timm name: "sgd" is SGD with Nesterov momentum, "momentum" without, "adamw", ...
-    amp: bool | None = None  # None: on when training on CUDA (bf16 if supported, else fp16 + GradScaler)
-    channels_last: bool = False
-    workers: int = 1
-    log_every: int = 50
-    max_steps_per_epoch: int | None = None  # cap on updates per epoch (quick runs, tests)
-    eval_every: int = 1  # evaluate every N epochs (and always after the last)
-    min_lr: float = 0.0
-    momentum: float = 0.9
-    sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only)
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "input_size", "log_every", "eval_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
-        if not 0.0 <= self.kd_alpha <= 1.0:
-            raise ValueError(f"TrainConfig.kd_alpha must be in [0, 1], got {self.kd_alpha!r}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ValueError(f"TrainConfig.max_steps_per_epoch must be >= 1 or None, got {self.max_steps_per_epoch!r}")
 
 
 class TrainHook:
@@ -131,35 +102,6 @@ class TrainHook:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` returned."""
-
-
-# ----------------------------------------------------------------------------- distributed set-up
-
-def _launched_by_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def _setup_distributed() -> tuple[torch.device, bool]:
-    """Pick the device; init the process group when launched by torchrun. Returns (device, we_initialised)."""
-    cuda = torch.cuda.is_available()
-    ours = False
-    if _launched_by_torchrun() and not dist.is_initialized():
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-        ours = True
-    if cuda:
-        local = int(os.environ.get("LOCAL_RANK", 0)) if dist.is_initialized() else torch.cuda.current_device()
-        return torch.device("cuda", local), ours
-    return torch.device("cpu"), ours
-
-
-def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    if not dist.is_initialized():
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
 
 
 # ----------------------------------------------------------------------------- RNG state
@@ -195,12 +137,6 @@ def _set_rng_state(state: dict) -> None:
         cuda = state["cuda"]
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 # ----------------------------------------------------------------------------- files
@@ -252,37 +188,22 @@ def _load_checkpoint(path: Path) -> dict:
 # ----------------------------------------------------------------------------- train / eval
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 
 
 @torch.no_grad()
 def _evaluate(model: nn.Module, loader, device: torch.device, amp_dtype, channels_last: bool) -> tuple[float, float]:
-    was = model.training
-    model.eval()
-    c1 = c5 = n = 0
-    try:
+    acc = TopK()
+    with eval_mode(model):
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(device, amp_dtype):
                 out = model(x)
-            top = out.topk(min(5, out.shape[1]), dim=1).indices
-            c1 += (top[:, 0] == y).sum().item()
-            c5 += (top == y[:, None]).any(1).sum().item()
-            n += len(y)
-    finally:
-        model.train(was)
-    c1, c5, n = _all_reduce_sum([c1, c5, n], device)
+            acc.update(out, y)
+    c1, c5, n = all_reduce_sum(acc.counts(), device)
     return c1 / max(n, 1), c5 / max(n, 1)
-
-
-def _broadcast_buffers(model: nn.Module) -> None:
-    if dist.is_initialized():
-        for b in model.buffers():
-            dist.broadcast(b, 0)
 
 
 def finetune(student: nn.Module, teacher: nn.Module | None, train_dir: str | Path, val_dir: str | Path,
@@ -299,15 +220,13 @@ def finetune(student: nn.Module, teacher: nn.Module | None, train_dir: str | Pat
     summed over the epochs of every run that contributed).
     """
     out_dir = Path(out_dir)
-    device, own_pg = _setup_distributed()
+    device, own_pg = setup_distributed()
     rank, world = dist_info()
-    main_rank = rank == 0
     try:
-        return _finetune(student, teacher, train_dir, val_dir, out_dir, cfg, resume, progress and main_rank,
+        return _finetune(student, teacher, train_dir, val_dir, out_dir, cfg, resume, progress and rank == 0,
                          stop_after_epoch, device, rank, world, tuple(hooks))
     finally:
-        if own_pg and dist.is_initialized():
-            dist.destroy_process_group()
+        cleanup_distributed(own_pg)
 
 
 def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainConfig, resume: bool, progress: bool,
@@ -373,7 +292,7 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
         if main_rank:
             log.info("resumed from %s at epoch %d/%d", ckpt_path, start_epoch, cfg.epochs)
     else:
-        _seed_everything(cfg.seed + rank)
+        random_seed(cfg.seed, rank)  # timm: python, numpy and torch RNGs from seed + rank
     if main_rank:
         _write_metrics(metrics_path, metrics)  # drop rows of an epoch that was not checkpointed
         if not (resume and ckpt is not None):
@@ -434,8 +353,8 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
             if step_sleep:
                 time.sleep(step_sleep)
         bar.close()
-        loss_sum, n_steps = _all_reduce_sum([loss_sum, n_steps], device)
-        _broadcast_buffers(student)
+        loss_sum, n_steps = all_reduce_sum([loss_sum, n_steps], device)
+        broadcast_buffers(student)
         top1 = top5 = None
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             top1, top5 = _evaluate(student, val, device, amp_dtype, cfg.channels_last)
@@ -493,35 +412,14 @@ def build_models(model: str, num_classes: int | None = None, plan: str | Path | 
     return student, base
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m stresnet.train.engine",
-                                description="KD fine-tuning of a compressed student (torchrun for DDP)")
-    p.add_argument("--train", type=Path, required=True, help="ImageFolder of training images")
-    p.add_argument("--val", type=Path, required=True, help="ImageFolder of validation images")
-    p.add_argument("--out", type=Path, required=True, help="output folder (metrics.jsonl, last.pt, model.safetensors)")
-    p.add_argument("--model", required=True, help="base: timm name, stresnet_<variant> or plan JSON")
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--plan", type=Path, default=None, help="plan to decompose the base with (student)")
-    p.add_argument("--checkpoint", type=Path, default=None, help="base weights (safetensors)")
-    p.add_argument("--no-teacher", action="store_true", help="plain fine-tuning (label-smoothed CE only)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when present")
-    p.add_argument("--no-progress", action="store_true")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        if f.name == "amp" or isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        elif f.name == "max_steps_per_epoch":
-            p.add_argument(flag, type=int, default=default)
-        else:
-            p.add_argument(flag, type=type(default), default=default)
-    return p
+def finetune_config(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed :func:`add_finetune_args` options (``ValueError`` names a bad field)."""
+    return TrainConfig(**train_options(args))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = _parser().parse_args(argv)
+def run_finetune(args: argparse.Namespace, cfg: TrainConfig) -> dict:
+    """Run what :func:`add_finetune_args` parsed; rank 0 prints the summary as one JSON line."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     student, teacher = build_models(args.model, args.num_classes, args.plan, args.checkpoint, seed=cfg.seed)
     summary = finetune(student, None if args.no_teacher else teacher, args.train, args.val, args.out, cfg,
                        resume=args.resume, progress=not args.no_progress)
@@ -530,6 +428,18 @@ def main(argv: list[str] | None = None) -> dict:
             (args.out / "plan.json").write_text(Path(args.plan).read_text())
         print(json.dumps({k: summary[k] for k in ("val_top1", "val_top5", "epochs", "seconds", "world_size")}))
     return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m stresnet.train.engine",
+                                description="KD fine-tuning of a compressed student (torchrun for DDP)")
+    add_finetune_args(p)
+    args = p.parse_args(argv)
+    try:
+        cfg = finetune_config(args)
+    except ValueError as e:
+        p.error(str(e))
+    return run_finetune(args, cfg)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`stresnet bench decompose`: our Tucker-2 against tensorly's ``partial_tucker``, side by side in one run.
+"""``stresnet bench decompose``: our Tucker-2 against tensorly's ``partial_tucker``, side by side in one run.
 
 For every 3x3 conv of resnet18 at ranks ``C/4``: wall time and relative
 reconstruction error of (a) ``mode_bases`` + ``tucker2`` (Gram-matrix
@@ -9,26 +9,22 @@ deriving one, which is what makes a rank search cheap. Best of ``repeats``.
 """
 from __future__ import annotations
 
-import time
+import timeit
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from . import decompose as dec
+from .. import decompose as dec
 
 
 def _best_time(fn: Callable[[], object], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    """Fastest of ``repeats`` single calls (``timeit``: perf_counter, garbage collection paused while timing)."""
+    return min(timeit.repeat(fn, number=1, repeat=repeats))
 
 
 def _kernels(model_name: str, checkpoint: Path | None) -> dict[str, torch.Tensor]:
-    from .resolve import model_from_name
+    from ..resolve import model_from_name
 
     model = model_from_name(model_name, num_classes=10 if checkpoint else None, checkpoint=checkpoint)
     return {n: m.weight.detach() for n, m in model.named_modules()

@@ -1,0 +1,188 @@
+"""Batch-1 CPU latency of models in PyTorch and onnxruntime, with speedups over a baseline in the same run."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..utils.modes import eval_mode
+from .export import export_onnx, ort_session
+from .tables import text_table
+
+__all__ = ["bench_latency", "format_latency"]
+
+
+def _split(total: int, parts: int) -> list[int]:
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def _machine_busy_seconds() -> float | None:
+    """CPU-seconds spent by all processes on this machine so far (Linux ``/proc/stat``), or None elsewhere."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    ticks = [int(v) for v in fields]
+    busy = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)  # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def bench_latency(
+    models: Mapping[str, nn.Module],
+    input_size: Sequence[int] = (3, 128, 128),
+    threads: int = 2,
+    warmup: int = 10,
+    iters: int = 50,
+    baseline: str | None = "resnet18",
+    rounds: int = 5,
+    backends: Iterable[str] = ("torch", "onnxruntime"),
+) -> dict[str, Any]:
+    """Batch-1 CPU latency of every model in PyTorch and onnxruntime, with speedups over ``baseline``.
+
+    PyTorch runs under ``torch.inference_mode()`` with ``torch.set_num_threads(threads)``
+    (restored afterwards); onnxruntime runs a fresh fp32 export (temporary
+    directory) with ``intra_op_num_threads=threads``. One backend is timed at a
+    time, and its ``iters`` timed runs per model are spread over ``rounds``
+    round-robin rounds (every model once per round), so drifts in machine load
+    affect all models alike. Every (round, model) block starts with ``warmup``
+    untimed runs, and an onnxruntime session lives for one block only: each
+    session owns a thread pool whose workers spin after a run, and with several
+    sessions alive the idle ones' spinning steals the cores of the one being
+    timed (seen here: 2-thread medians of small models inflated up to 2x).
+
+    For each model: ``macs`` (``cost.profile`` at ``input_size``), ``mac_ratio``
+    = baseline MACs / model MACs, and per backend ``median_ms``, ``p90_ms``,
+    ``mean_ms``, ``min_ms``, ``speedup`` = baseline median / model median (same
+    run) and ``efficiency`` = speedup / mac_ratio (1.0: latency falls as fast as
+    MACs). ``baseline=None`` skips the ratios.
+    """
+    from ..cost import profile
+
+    backends = tuple(backends)
+    unknown = [b for b in backends if b not in ("torch", "onnxruntime")]
+    if unknown or not backends:
+        raise ValueError(f"backends {list(backends)}: expected some of 'torch', 'onnxruntime'")
+    if not models:
+        raise ValueError("bench_latency: no models given")
+    if baseline is not None and baseline not in models:
+        raise ValueError(f"baseline {baseline!r} is not among the models ({', '.join(models)})")
+    if iters < 1 or warmup < 0 or rounds < 1:
+        raise ValueError(f"iters={iters}, warmup={warmup}, rounds={rounds}: need iters >= 1, warmup >= 0, rounds >= 1")
+    input_size = tuple(int(s) for s in input_size)
+    rounds = min(rounds, iters)
+    x = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0))
+    x_np = x.numpy()
+    old_threads = torch.get_num_threads()
+    busy_before, own_before, wall_before = _machine_busy_seconds(), time.process_time(), time.perf_counter()
+    times: dict[tuple[str, str], list[float]] = {(n, b): [] for n in models for b in backends}
+    macs = {name: profile(model, input_size).macs for name, model in models.items()}
+    try:
+        torch.set_num_threads(int(threads))
+        with eval_mode(*models.values()), tempfile.TemporaryDirectory(prefix="stresnet-bench-") as tmp:
+            onnx_files = ({name: export_onnx(model, Path(tmp) / f"m{i}.onnx", input_size, dynamic_batch=False)
+                           for i, (name, model) in enumerate(models.items())} if "onnxruntime" in backends else {})
+            with torch.inference_mode():
+                for backend in backends:
+                    for per_round in _split(iters, rounds):
+                        for name, model in models.items():
+                            if backend == "torch":
+                                run: Callable[[], Any] = (lambda m=model: m(x))
+                            else:
+                                sess = ort_session(onnx_files[name], threads)
+                                feed = {sess.get_inputs()[0].name: x_np}
+                                run = (lambda s=sess, f=feed: s.run(None, f))
+                            for _ in range(max(warmup, 1)):
+                                run()
+                            for _ in range(per_round):
+                                t0 = time.perf_counter()
+                                run()
+                                times[name, backend].append((time.perf_counter() - t0) * 1e3)
+                            del run
+                            sess = None  # release the session (and its spinning thread pool) before the next one
+    finally:
+        torch.set_num_threads(old_threads)
+    busy_after = _machine_busy_seconds()
+    other_cores = (None if busy_before is None or busy_after is None else
+                   max(0.0, (busy_after - busy_before) - (time.process_time() - own_before))
+                   / (time.perf_counter() - wall_before))
+
+    out_models: dict[str, Any] = {}
+    for name in models:
+        row: dict[str, Any] = {"macs": macs[name]}
+        if baseline is not None:
+            row["mac_ratio"] = macs[baseline] / macs[name] if macs[name] else float("inf")
+        for backend in backends:
+            t = times[name, backend]
+            row[backend] = {"median_ms": statistics.median(t), "p90_ms": float(np.percentile(t, 90)),
+                            "mean_ms": statistics.fmean(t), "min_ms": min(t), "samples": len(t)}
+        out_models[name] = row
+    if baseline is not None:
+        for name, row in out_models.items():
+            for backend in backends:
+                speedup = out_models[baseline][backend]["median_ms"] / row[backend]["median_ms"]
+                row[backend]["speedup"] = speedup
+                row[backend]["efficiency"] = speedup / row["mac_ratio"] if row["mac_ratio"] else float("nan")
+    import onnxruntime
+
+    return {
+        "input_size": list(input_size),
+        "batch": 1,
+        "threads": int(threads),
+        "warmup": int(warmup),
+        "iters": int(iters),
+        "rounds": int(rounds),
+        "baseline": baseline,
+        "backends": list(backends),
+        "models": out_models,
+        "env": {
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            # cores' worth of CPU time that other processes used while the bench ran
+            "other_processes_cores": other_cores,
+        },
+    }
+
+
+
+
+def format_latency(result: Mapping[str, Any]) -> str:
+    """A text table: per model GMACs, MAC ratio, and per backend median / p90 ms, speedup, speedup / MAC ratio."""
+    backends = result["backends"]
+    has_base = result.get("baseline") is not None
+    short = {"torch": "torch", "onnxruntime": "ort"}
+    header = ["model", "GMACs"] + (["MAC ratio"] if has_base else [])
+    for b in backends:
+        header += [f"{short[b]} median ms", f"{short[b]} p90 ms"]
+        if has_base:
+            header += [f"{short[b]} speedup", f"{short[b]} speedup/MACr"]
+    rows = []
+    for name, row in result["models"].items():
+        cells = [name, f"{row['macs'] / 1e9:.3f}"] + ([f"{row['mac_ratio']:.2f}x"] if has_base else [])
+        for b in backends:
+            r = row[b]
+            cells += [f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}"]
+            if has_base:
+                cells += [f"{r['speedup']:.2f}x", f"{r['efficiency']:.2f}"]
+        rows.append(cells)
+    c, h, w = result["input_size"]
+    other = result.get("env", {}).get("other_processes_cores")
+    title = (f"batch-1 CPU latency at {c}x{h}x{w}, {result['threads']} thread(s), {result['iters']} iters "
+             f"in {result['rounds']} round-robin rounds after {result['warmup']} warm-up"
+             + (f"; speedup vs {result['baseline']} in the same run" if has_base else "")
+             + (f"; other processes used {other:.2f} cores meanwhile" if other is not None else ""))
+    lines = [title, *text_table(header, rows)]
+    if other is not None and other > 0.25:
+        lines.append(f"warning: other processes used {other:.2f} cores during the bench: they competed for the "
+                     "cores; timings (PyTorch's OpenMP pool especially) are unreliable")
+    return "\n".join(lines)
