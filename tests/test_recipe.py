@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from stresnet.recipe import RecipeError, load_recipe, run_recipe
+from stresnet.recipes import RecipeError, load_recipe, run_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = {"epochs": 1, "batch_size": 8, "lr": 0.01, "warmup_epochs": 0.5, "workers": 0, "seed": 0}

@@ -1,0 +1,1 @@
+"""Small shared helpers, one file per concern (as timm's ``utils/``)."""
