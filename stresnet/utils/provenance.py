@@ -7,7 +7,7 @@ checkpoint's sha256, a fingerprint of each data folder (file count and the sha25
 the sorted relative file names: cheap on ImageNet, and it changes when a file is
 added, removed or renamed), the CPU / GPU and torch threads, the start time and the
 seconds taken. What cannot change during a process (versions, git, hardware) is
-collected once per process; hashes are keyed by the file's size and mtime.
+collected once per process (and current folder); hashes are keyed by the file's size and mtime.
 """
 from __future__ import annotations
 
@@ -77,10 +77,14 @@ def hardware() -> dict[str, Any]:
     return {"cpu": _cpu_model(), "gpu": gpu, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
 
 
-@functools.lru_cache(maxsize=None)
 def static_provenance() -> dict[str, Any]:
-    """The parts that cannot change while this process lives: git state, versions (collected once)."""
-    return {"git": git_state(), "versions": package_versions()}
+    """The git state of the current folder and the package versions, collected once per process (and folder)."""
+    return _static(str(Path.cwd()))
+
+
+@functools.lru_cache(maxsize=8)
+def _static(cwd: str) -> dict[str, Any]:
+    return {"git": git_state(cwd), "versions": package_versions()}
 
 
 @functools.lru_cache(maxsize=64)
