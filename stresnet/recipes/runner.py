@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..utils.io import atomic_write_json
 from ..utils.provenance import data_fingerprint, provenance, utc_now
-from .config import RecipeError, shared_dir, stage_list
+from .config import RecipeError, shared_dir
 
 if TYPE_CHECKING:
     from .tasks import Task

@@ -24,10 +24,11 @@ def publish(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
 
 
 def reference(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
-    """The results of ``recipe`` (read beside this run's results JSON); its fine-tune config must equal
-    ``expect_finetune`` when given."""
+    """The results of ``recipe``, read beside this run's results JSON (else from ``recipes/results/`` of the
+    current folder, the CLI's default); its fine-tune config must equal ``expect_finetune`` when given."""
     recipe = Path(p.get("recipe", ""))
-    path = run.results_path.parent / f"{recipe.stem}.json"
+    candidates = [run.results_path.parent / f"{recipe.stem}.json", Path("recipes/results") / f"{recipe.stem}.json"]
+    path = next((c for c in candidates if c.is_file()), candidates[0])
     if not path.is_file():
         raise RecipeError(f"stage reference: {path} does not exist: run 'stresnet recipe run {recipe}' first")
     other = json.loads(path.read_text())

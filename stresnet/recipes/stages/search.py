@@ -25,7 +25,8 @@ def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     if p.get("expect_plan"):  # the packaged zoo plan must be what this search finds
         from ...plan import Plan
 
-        result["matches_expected_plan"] = Plan.load(state.plan).layers == Plan.load(input_path(p["expect_plan"])).layers
+        expected = Plan.load(input_path(p["expect_plan"]))
+        result["matches_expected_plan"] = Plan.load(state.plan).layers == expected.layers
     return result
 
 
@@ -50,7 +51,8 @@ def plan(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
         from ...zoo.family import family_plan
 
         try:
-            new = family_plan(str(p["variant"]).removeprefix("stresnet_"), num_classes=run.base.get("num_classes", 1000))
+            new = family_plan(str(p["variant"]).removeprefix("stresnet_"),
+                              num_classes=run.base.get("num_classes", 1000))
         except ValueError as e:
             raise RecipeError(f"stage plan: {e}") from None
     else:
@@ -80,7 +82,8 @@ def lrs_plan(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
         else:  # tune the split on held-out TRAIN images (never val)
             images, labels = calibration_images(run.split("train"), int(p.get("calib", 512)), run.input_size,
                                                 seed=int(p.get("seed", 1)))
-            tuned = sparsity.tune_split(model, tucker, tuple(p.get("fractions", (0.1, 0.25, 0.4, 0.55))), images, labels)
+            fractions = tuple(p.get("fractions", (0.1, 0.25, 0.4, 0.55)))
+            tuned = sparsity.tune_split(model, tucker, fractions, images, labels)
             result["tuning"] = tuned
             fraction = tuned["fraction"]
         new = sparsity.lrs_plan_like(model, tucker, fraction)
