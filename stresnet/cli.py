@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .plan import PlanError
-from .recipe import RecipeError
+from .recipes import RecipeError
 from .search.budgets import BudgetError
 from .search.ilp import InfeasibleBudget
 
@@ -243,7 +243,7 @@ def _cmd_recipe_run(args: argparse.Namespace) -> int:
     import logging
     import os
 
-    from .recipe import command_line, load_recipe, run_recipe
+    from .recipes import command_line, load_recipe, run_recipe
 
     if args.nproc > 1 and "RANK" not in os.environ:  # relaunch this very command under torchrun
         import subprocess
@@ -266,7 +266,9 @@ def _cmd_recipe_run(args: argparse.Namespace) -> int:
     argv = ["stresnet", "recipe", "run", str(args.recipe)] + [x for kv in args.set for x in ("--set", kv)]
     arms = [a for spec in args.arms for a in spec.split(",") if a] or None
     argv += [x for a in arms or () for x in ("--arms", a)]
-    results = run_recipe(recipe, out_root=args.out, results_path=args.results, resume=args.resume,
+    out = args.out or Path(os.environ.get("STRESNET_RUNS", "runs"))  # defaults: the current folder, never the package
+    results_path = args.results or Path(os.environ.get("STRESNET_RESULTS", "recipes/results")) / f"{recipe['name']}.json"
+    results = run_recipe(recipe, out_root=out, results_path=results_path, resume=args.resume,
                          progress=not args.quiet, command=command_line(argv), arms=arms)
     if int(os.environ.get("RANK", 0)) != 0:
         return 0
@@ -307,7 +309,7 @@ def _train_fields(args: argparse.Namespace, **override) -> dict:
 
 
 def _run_method(args: argparse.Namespace, stages: list[dict]) -> int:
-    from .recipe import run_recipe
+    from .recipes import run_recipe
 
     _set_device(args.device)
     recipe = _method_recipe(args, stages)
@@ -546,8 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--nproc", type=int, default=1, help="processes (GPUs) per node: relaunches under torchrun")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set data=/data/imagenet")
-    r.add_argument("--out", type=Path, default=None, help="runs folder (default <repo>/runs)")
-    r.add_argument("--results", type=Path, default=None, help="results JSON (default recipes/results/<name>.json)")
+    r.add_argument("--out", type=Path, default=None, help="runs folder (default $STRESNET_RUNS or ./runs)")
+    r.add_argument("--results", type=Path, default=None,
+                   help="results JSON (default $STRESNET_RESULTS/<name>.json or ./recipes/results/<name>.json)")
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--arms", action="append", default=[], metavar="ARM[,ARM]",
                    help="run only these arms (others keep, with --resume, the stages they finished earlier)")

@@ -123,11 +123,9 @@ class Plan:
         return cls.from_json(text, source=f"plan {path}")
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+        from .utils.io import atomic_write_text
+
+        atomic_write_text(path, self.to_json())
 
     def factorised(self) -> dict[str, dict]:
         """The layers whose spec is not ``full``."""

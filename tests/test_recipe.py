@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from stresnet.recipe import RecipeError, load_recipe, run_recipe
+from stresnet.recipes import RecipeError, load_recipe, run_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = {"epochs": 1, "batch_size": 8, "lr": 0.01, "warmup_epochs": 0.5, "workers": 0, "seed": 0}
@@ -113,6 +113,7 @@ def test_overrides_and_variables(tree, tmp_path, monkeypatch):
     (lambda r: r["stages"][3]["finetune"].update(epochs=0), "epochs must be >= 1"),
     (lambda r: r.pop("data"), "missing required field 'data'"),
     (lambda r: r["stages"].append({"eval": {}}), "stage id 'eval' used twice"),
+    (lambda r: r.update(task="segment"), "unknown task 'segment' \\(known: classify, detect\\)"),
 ])
 def test_bad_recipes_fail_with_one_line_naming_the_field(tree, tmp_path, edit, message):
     recipe = _chain(tree)

@@ -10,7 +10,7 @@ has made sure it never reaches for the network.
     search.py     calibration images and the CompressNAS search (MSE estimator on layer outputs)
     train.py      training and validation through ultralytics' trainer and validator
     agreement.py  fidelity of a compressed detector to its uncompressed base (agreement mAP)
-    recipe.py     the ``task: detect`` recipe stages
+    (the ``task: detect`` recipe stages live in stresnet/recipes/stages/detect.py)
     card.py       model cards from the recipe results
     hub.py        the ``yolov5s_2x`` / ``yolov5n_2x`` torch.hub entries
     names.py      the ``stresnet.models`` entry point: these names for ``stresnet.resolve``

@@ -143,20 +143,9 @@ def _set_rng_state(state: dict) -> None:
 
 def _fsync_write(path: Path, write) -> None:
     """Write via ``write(file)`` to ``path.tmp``, fsync, then atomically replace ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    from ..utils.io import atomic_write
+
+    atomic_write(path, write, fsync=True)
 
 
 def _write_metrics(path: Path, metrics: list[dict]) -> None:

@@ -17,26 +17,19 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from ..plan import Plan, PlanError, plan_of
+from ..utils.io import atomic_write, atomic_write_bytes
 from .models import WEIGHTS_FILENAME, default_cfgs, registry_path, sha256_of
 
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def save_weights(model: nn.Module, path: Path, metadata: Mapping[str, str] | None = None) -> str:
     """Write the state dict as safetensors (atomically) and return its sha256."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=dict(metadata or {}))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save(state, metadata=dict(metadata or {})))
     return sha256_of(path)
 
 
@@ -70,9 +63,9 @@ def publish(
                            "tag": tag},
         "model_args": {"plan": plan_dict},
     }
-    _atomic_write(out_dir / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+    atomic_write_bytes(out_dir / "config.json", (json.dumps(config, indent=2) + "\n").encode())
     if card is not None:
-        _atomic_write(out_dir / "README.md", card.encode())
+        atomic_write_bytes(out_dir / "README.md", card.encode())
     record = {"sha256": sha, "hf_hub_id": cfg["hf_hub_id"], "recipe": recipe, "metrics": dict(metrics),
               "file_size": (out_dir / WEIGHTS_FILENAME).stat().st_size}
     return record
@@ -83,7 +76,7 @@ def register(name: str, record: Mapping[str, Any], registry: Path | None = None)
     registry = registry or registry_path()
     data = json.loads(registry.read_text()) if registry.is_file() else {}
     data[name] = dict(record)
-    _atomic_write(registry, (json.dumps(dict(sorted(data.items())), indent=2) + "\n").encode())
+    atomic_write_bytes(registry, (json.dumps(dict(sorted(data.items())), indent=2) + "\n").encode())
     from .models import weights_registry
 
     weights_registry.cache_clear()
@@ -112,14 +105,14 @@ def install_to_cache(folder: Path, repo_id: str, cache_dir: Path | None = None) 
     for f, digest in digests.items():
         blob = repo / "blobs" / digest
         if not blob.exists():
-            shutil.copyfile(f, blob.with_name(blob.name + ".tmp"))
-            os.replace(blob.with_name(blob.name + ".tmp"), blob)
+            with open(f, "rb") as src:
+                atomic_write(blob, lambda dst: shutil.copyfileobj(src, dst))
         link = snapshot / f.name
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(os.path.relpath(blob, snapshot))
     (repo / "refs").mkdir(exist_ok=True)
-    _atomic_write(repo / "refs" / "main", revision.encode())
+    atomic_write_bytes(repo / "refs" / "main", revision.encode())
     return snapshot
 
 
@@ -153,7 +146,7 @@ def publish_run(model: nn.Module, name: str, out_root: Path, metrics: Mapping[st
     folder = Path(out_root) / name
     record = publish(model, name, folder, metrics, recipe)
     prof = {**profile(model, cfg.input_size).to_dict(), "input_size": list(cfg.input_size)}
-    _atomic_write(folder / "README.md", model_card(name, prof, record).encode())
+    atomic_write_bytes(folder / "README.md", model_card(name, prof, record).encode())
     if register_weights:
         register(name, record)
     result = {"name": name, "folder": str(folder), **record}

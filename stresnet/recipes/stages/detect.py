@@ -15,25 +15,23 @@
       - finetune: {epochs: 15}            # distill: true -> ultralytics' distillation from the base
       - val: {}                           # mAP50-95 / mAP50 of base and compressed on the val split
       - agreement: {conf: 0.25}           # compressed vs the base's own predictions
-      - card: {variant: yolov5n_2x, tag: coco-mini}
+      - card: {variant: yolov5n_2x, tag: coco-mini}   # out: folder (default zoo_cards, in the current folder)
 
-Stages run in the order given; each writes ``runs/<name>/<id>/stage.json`` and
-``--resume`` skips the finished ones. ``recipes/results/<name>.json`` is
-rewritten after every stage.
+The stages run through the one recipe runner (:mod:`stresnet.recipes.runner`): each
+writes ``<out>/<name>/<id>/stage.json`` and ``--resume`` skips the finished ones;
+the results JSON is rewritten after every stage.
 """
 from __future__ import annotations
 
 import copy
-import json
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from ..recipe import RECIPE_FORMAT, REPO, RecipeError, _atomic_json, _portable, check_header, stage_list
-from . import DetectError
+from ..config import RecipeError, check_header, input_path, stage_list
+from ..runner import Run, StageState
+from ..tasks import Task
 
-STAGES = ("prepare", "train_base", "search", "compress", "finetune", "val", "agreement", "card")
 TRAIN_KEYS = ("epochs", "batch", "nbs", "workers", "lr0", "lrf", "optimizer", "warmup_epochs", "close_mosaic", "mosaic",
               "seed", "patience", "cos_lr", "weight_decay", "momentum", "fraction", "cache", "hsv_h", "hsv_s",
               "hsv_v", "degrees", "translate", "scale", "fliplr", "mixup")
@@ -49,19 +47,8 @@ PARAMS = {
 }
 
 
-def check_detect_recipe(recipe: dict, source: str) -> None:
-    """One line naming the field when a detect recipe cannot run."""
-    check_header(recipe, source, ("name", "data", "base", "stages"))
-    if not isinstance(recipe["base"], dict) or "model" not in recipe["base"]:
-        raise RecipeError(f"{source}: base.model is required (an ultralytics yaml, e.g. yolov5s.yaml)")
-    for i, (kind, params) in enumerate(stage_list(recipe["stages"], f"{source}: stages", STAGES, "detect stage")):
-        unknown = sorted(set(params) - set(PARAMS[kind]) - {"id"})
-        if unknown:
-            raise RecipeError(f"{source}: stages[{i}].{kind}: unknown option {unknown[0]!r}")
-
-
 @dataclass
-class _State:
+class State(StageState):
     data_yaml: str | None = None
     base: str | None = None          # ultralytics .pt of the uncompressed model
     plan: str | None = None          # detector plan JSON
@@ -69,21 +56,34 @@ class _State:
     compressed: str | None = None    # compressed, current (fine-tuned once finetune ran)
 
 
-class _Run:
-    def __init__(self, recipe: dict, run_dir: Path, results_path: Path, log: Callable[[str], None]):
-        self.recipe, self.run_dir, self.results_path, self.log = recipe, run_dir, results_path, log
-        self.imgsz = int(recipe.get("imgsz", 320))
-        self.arch = str(recipe["base"]["model"])
-        self.results: dict = {}
+@dataclass
+class DetectRun(Run):
+    """The run context of a detect recipe: image size, architecture, and the state checks."""
 
-    def save(self) -> None:
-        _atomic_json(self.results_path, _portable(self.results))
+    @property
+    def imgsz(self) -> int:
+        return int(self.recipe.get("imgsz", 320))
 
-    def need(self, state: _State, what: str, stage: str, before: str) -> str:
+    @property
+    def arch(self) -> str:
+        return str(self.recipe["base"]["model"])
+
+    def need(self, state: State, what: str, stage: str, before: str) -> str:
         value = getattr(state, what)
         if value is None:
             raise RecipeError(f"stage {stage}: needs {what.replace('_', '-')} (put a '{before}' stage before it)")
         return value
+
+
+def check(recipe: dict, source: str) -> None:
+    """One line naming the field when a detect recipe cannot run."""
+    check_header(recipe, source, ("name", "data", "base", "stages"))
+    if not isinstance(recipe["base"], dict) or "model" not in recipe["base"]:
+        raise RecipeError(f"{source}: base.model is required (an ultralytics yaml, e.g. yolov5s.yaml)")
+    for i, (kind, params) in enumerate(stage_list(recipe["stages"], f"{source}: stages", PARAMS, "detect stage")):
+        unknown = sorted(set(params) - set(PARAMS[kind]) - {"id"})
+        if unknown:
+            raise RecipeError(f"{source}: stages[{i}].{kind}: unknown option {unknown[0]!r}")
 
 
 def _train_args(p: dict) -> dict:
@@ -91,7 +91,7 @@ def _train_args(p: dict) -> dict:
 
 
 def _cost(model, imgsz: int) -> dict:
-    from ..cost import profile
+    from ...cost import profile
 
     out = {}
     for size in sorted({imgsz, 640}):
@@ -101,18 +101,16 @@ def _cost(model, imgsz: int) -> dict:
             "flash_bytes": out[imgsz]["flash_bytes"]}
 
 
-def _stage_prepare(run: _Run, state: _State, p: dict, out: Path) -> dict:
-    from .data import prepare_coco
+def prepare(run: DetectRun, state: State, p: dict, out: Path) -> dict:
+    from ...detect.data import image_list, prepare_coco
 
     state.data_yaml = str(prepare_coco(run.recipe["data"], out / "data", limit=p.get("limit")))
-    from .data import image_list
-
     return {"data_yaml": state.data_yaml, "train_images": len(image_list(state.data_yaml, "train")),
             "val_images": len(image_list(state.data_yaml, "val"))}
 
 
-def _stage_train_base(run: _Run, state: _State, p: dict, out: Path) -> dict:
-    from .train import train_detector
+def train_base(run: DetectRun, state: State, p: dict, out: Path) -> dict:
+    from ...detect.train import train_detector
 
     given = run.recipe["base"].get("checkpoint")
     if given:
@@ -127,11 +125,11 @@ def _stage_train_base(run: _Run, state: _State, p: dict, out: Path) -> dict:
     return r
 
 
-def _stage_search(run: _Run, state: _State, p: dict, out: Path) -> dict:
-    from ..plan import Plan
-    from .data import image_list
-    from .model import detect_plan, load_checkpoint
-    from .search import calibration_images, search_detector
+def search(run: DetectRun, state: State, p: dict, out: Path) -> dict:
+    from ...detect.data import image_list
+    from ...detect.model import detect_plan, load_checkpoint
+    from ...detect.search import calibration_images, search_detector
+    from ...plan import Plan
 
     data = run.need(state, "data_yaml", "search", "prepare")
     base = load_checkpoint(run.need(state, "base", "search", "train_base"))
@@ -146,17 +144,17 @@ def _stage_search(run: _Run, state: _State, p: dict, out: Path) -> dict:
     state.plan = str(path)
     result = {**report, "plan": str(path)}
     if p.get("expect_plan"):  # the shipped zoo plan: does this run's search reproduce it?
-        shipped = REPO / p["expect_plan"]
+        shipped = input_path(p["expect_plan"])
         result["matches_expected_plan"] = shipped.is_file() and Plan.load(shipped).layers == plan.layers
     return result
 
 
-def _stage_compress(run: _Run, state: _State, p: dict, out: Path) -> dict:
+def compress(run: DetectRun, state: State, p: dict, out: Path) -> dict:
     import torch
 
-    from ..plan import Plan
-    from .model import compress_detector, load_checkpoint
-    from .train import validate
+    from ...detect.model import compress_detector, load_checkpoint
+    from ...detect.train import validate
+    from ...plan import Plan
 
     base = load_checkpoint(run.need(state, "base", "compress", "train_base"))
     plan = Plan.load(run.need(state, "plan", "compress", "search"))
@@ -175,10 +173,10 @@ def _stage_compress(run: _Run, state: _State, p: dict, out: Path) -> dict:
     return result
 
 
-def _stage_finetune(run: _Run, state: _State, p: dict, out: Path) -> dict:
-    from ..zoo.hub import save_weights
-    from .model import load_checkpoint
-    from .train import train_detector
+def finetune(run: DetectRun, state: State, p: dict, out: Path) -> dict:
+    from ...detect.model import load_checkpoint
+    from ...detect.train import train_detector
+    from ...zoo.hub import save_weights
 
     data = run.need(state, "data_yaml", "finetune", "prepare")
     model = load_checkpoint(run.need(state, "compressed", "finetune", "compress"))
@@ -196,8 +194,8 @@ def _stage_finetune(run: _Run, state: _State, p: dict, out: Path) -> dict:
     return r
 
 
-def _stage_val(run: _Run, state: _State, p: dict, out: Path) -> dict:
-    from .train import validate
+def val(run: DetectRun, state: State, p: dict, out: Path) -> dict:
+    from ...detect.train import validate
 
     data = run.need(state, "data_yaml", "val", "prepare")
     batch = int(p.get("batch", 16))
@@ -207,10 +205,10 @@ def _stage_val(run: _Run, state: _State, p: dict, out: Path) -> dict:
     return result
 
 
-def _stage_agreement(run: _Run, state: _State, p: dict, out: Path) -> dict:
-    from .agreement import agreement_map
-    from .data import image_list
-    from .model import load_checkpoint
+def agreement(run: DetectRun, state: State, p: dict, out: Path) -> dict:
+    from ...detect.agreement import agreement_map
+    from ...detect.data import image_list
+    from ...detect.model import load_checkpoint
 
     data = run.need(state, "data_yaml", "agreement", "prepare")
     base = load_checkpoint(run.need(state, "base", "agreement", "train_base"))
@@ -222,21 +220,40 @@ def _stage_agreement(run: _Run, state: _State, p: dict, out: Path) -> dict:
                          max_det=int(p.get("max_det", 300)))
 
 
-def _stage_card(run: _Run, state: _State, p: dict, out: Path) -> dict:
-    from .card import write_card
+def card(run: DetectRun, state: State, p: dict, out: Path) -> dict:
+    from ...detect.card import write_card
 
-    path = write_card(run.results, p.get("variant"), p.get("tag", "coco-mini"), Path(p.get("out", REPO / "zoo_cards")))
+    path = write_card(run.results, p.get("variant"), p.get("tag", "coco-mini"), Path(p.get("out", "zoo_cards")))
     return {"card": str(path)}
 
 
-_STAGE_FUNCS = {"prepare": _stage_prepare, "train_base": _stage_train_base, "search": _stage_search,
-                "compress": _stage_compress, "finetune": _stage_finetune, "val": _stage_val,
-                "agreement": _stage_agreement, "card": _stage_card}
+STAGES = {"prepare": prepare, "train_base": train_base, "search": search, "compress": compress,
+          "finetune": finetune, "val": val, "agreement": agreement, "card": card}
 
 
-def _summarise(run: _Run, rows: list[dict]) -> None:
-    """The headline numbers, lifted from the stage results."""
+def _prepare(recipe: dict) -> None:
+    """ultralytics must be installed (and kept offline) before anything is written."""
+    from ...detect import DetectError
+    from ...detect.offline import require_ultralytics
+
+    try:
+        require_ultralytics()
+    except DetectError as e:
+        raise RecipeError(str(e)) from None
+
+
+def header(run: Run, command: str) -> dict:
+    recipe = run.recipe
+    return {"recipe": recipe["_path"], "command": command, "name": recipe["name"], "task": "detect",
+            "arch": str(recipe["base"]["model"]), "imgsz": int(recipe.get("imgsz", 320)),
+            "expected_cpu_minutes": recipe.get("expected_cpu_minutes"),
+            "config": {k: v for k, v in recipe.items() if not k.startswith("_")}}
+
+
+def after_stage(run: Run, arm: str, arm_results: dict, kind: str, result: dict) -> None:
+    """The headline numbers, lifted from the stage results; the wall time against the stated budget."""
     res = run.results
+    rows = res["stages"]
     by_type = {r["type"]: r["result"] for r in rows}
     if "compress" in by_type:
         c = by_type["compress"]
@@ -251,72 +268,22 @@ def _summarise(run: _Run, rows: list[dict]) -> None:
                 v = by_type["val"][key]
                 res.setdefault(key, {}).update({"map50_95": v["map50_95"], "map50": v["map50"],
                                                 "val_images": v["images"]})
-    for kind, key in (("train_base", "base"), ("finetune", "compressed")):
-        if kind in by_type and "seconds" in by_type[kind]:
-            t = by_type[kind]
+    for stage, key in (("train_base", "base"), ("finetune", "compressed")):
+        if stage in by_type and "seconds" in by_type[stage]:
+            t = by_type[stage]
             res.setdefault(key, {})["train"] = {k: t[k] for k in ("epochs", "imgsz", "batch", "seconds")}
     if "search" in by_type:
         res["search"] = {k: v for k, v in by_type["search"].items() if k != "stage_seconds"}
     if "agreement" in by_type:
         res["agreement"] = by_type["agreement"]
+    wall = sum(r["result"].get("stage_seconds", 0) for r in rows)
+    res["wall_seconds"] = round(wall, 1)
+    budget = res.get("expected_cpu_minutes")
+    if budget is not None:
+        res["within_expected_time"] = wall <= 60 * float(budget)
 
 
-def run_detect_recipe(recipe: dict, out_root: Path | None = None, results_path: Path | None = None,
-                      resume: bool = False, progress: bool = True, command: str | None = None,
-                      log: Callable[[str], None] = print) -> dict:
-    """Run a loaded ``task: detect`` recipe; return its results (also written as JSON after every stage)."""
-    from .offline import require_ultralytics
-
-    try:
-        require_ultralytics()
-    except DetectError as e:
-        raise RecipeError(str(e)) from None
-    out_root = Path(out_root) if out_root else REPO / "runs"
-    run_dir = out_root / recipe["name"]
-    results_path = Path(results_path) if results_path else REPO / "recipes" / "results" / f"{recipe['name']}.json"
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        raise RecipeError(f"run folder {run_dir} already holds a run: pass --resume to continue it "
-                          f"(or --out elsewhere); nothing was overwritten")
-    run = _Run(recipe, run_dir, results_path, log)
-    budget = recipe.get("expected_cpu_minutes")
-    run.results = {"recipe": recipe["_path"], "command": command or f"stresnet recipe run {recipe['_path']}",
-                   "name": recipe["name"], "task": "detect", "arch": run.arch, "imgsz": run.imgsz,
-                   "expected_cpu_minutes": budget,
-                   "config": {k: v for k, v in recipe.items() if not k.startswith("_")}}
-    state, rows = _State(), []
-    run.results["stages"] = rows
-    t_start = time.perf_counter()
-    for item in copy.deepcopy(recipe["stages"]):
-        (kind, params), = item.items()
-        params = dict(params or {})
-        sid = params.pop("id", kind)
-        out = run_dir / sid
-        done = out / "stage.json"
-        if resume and done.is_file():
-            saved = json.loads(done.read_text())
-            result, state = saved["result"], _State(**saved["state"])
-            log(f"[{sid}] done earlier: skipped (--resume)")
-        else:
-            log(f"[{sid}] running")
-            t0 = time.perf_counter()
-            try:
-                result = _STAGE_FUNCS[kind](run, state, params, out)
-            except DetectError as e:
-                raise RecipeError(f"stage {sid}: {e}") from None
-            result["stage_seconds"] = round(time.perf_counter() - t0, 1)
-            _atomic_json(done, {"result": result, "state": asdict(state)})
-        rows.append({"id": sid, "type": kind, "params": params, "result": result})
-        _summarise(run, rows)
-        wall = sum(r["result"].get("stage_seconds", 0) for r in rows)
-        run.results["wall_seconds"] = round(wall, 1)
-        if budget is not None:
-            run.results["within_expected_time"] = wall <= 60 * float(budget)
-        run.save()
-    log(_headline(run.results))
-    return run.results
-
-
-def _headline(res: dict) -> str:
+def headline(res: dict) -> str:
     b, c = res.get("base", {}), res.get("compressed", {})
     parts = [f"{res['name']}"]
     if "params" in b and "params" in c:
@@ -329,3 +296,18 @@ def _headline(res: dict) -> str:
             parts.append(f"agreement ({key}) mAP50-95 {a[key]['map50_95']:.4f}")
     parts.append(f"{res.get('wall_seconds', 0) / 60:.1f} min (stated {res.get('expected_cpu_minutes')})")
     return parts[0] + ": " + ", ".join(parts[1:])
+
+
+def _finish(run: Run, log: Callable[[str], None]) -> None:
+    log(headline(run.results))
+
+
+def _errors() -> tuple[type[Exception], ...]:
+    from ...detect import DetectError
+
+    return (DetectError,)
+
+
+TASK = Task(name="detect", stages=STAGES, state=State, check=check, header=header, run_class=DetectRun,
+            initial_state=lambda recipe: State(), stage_label="detect stage", errors=_errors(),
+            seconds_digits=1, prepare=_prepare, after_stage=after_stage, finish=_finish)

@@ -1,0 +1,119 @@
+"""What the classification stages share: the run context (data, base, current model), the state, the checks."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from torch import nn
+
+from ..config import RecipeError
+from ..runner import Run, StageState
+
+TRAIN_EXTRA = ("id", "teacher", "sparsity", "rho", "updates_per_epoch", "n_iter")
+
+
+@dataclass
+class State(StageState):
+    """What flows between stages: the current weights, plan, and whether the model is already compressed."""
+
+    weights: str | None = None
+    plan: str | None = None
+    compressed: bool = False
+    sparsity: dict | None = None
+
+
+@dataclass
+class ClassifyRun(Run):
+    """The run context of a classification recipe: its data splits, base model and current model."""
+
+    @property
+    def data(self) -> Path:
+        return Path(self.recipe["data"])
+
+    @property
+    def input_size(self) -> int:
+        return int(self.recipe.get("input_size", 224))
+
+    @property
+    def base(self) -> dict:
+        return self.recipe["base"]
+
+    def split(self, name: str) -> Path:
+        path = self.data / name
+        if not path.is_dir():
+            raise RecipeError(f"recipe {self.recipe['_path']}: data split {path} does not exist "
+                              f"(set another root with --set data=PATH)")
+        return path
+
+    def base_model(self, checkpoint: str | None = None) -> nn.Module:
+        from ...resolve import model_from_name
+
+        if checkpoint is None and self.base.get("pretrained"):  # timm's own weights (needs the network)
+            import timm
+
+            return timm.create_model(self.base["model"], pretrained=True, num_classes=self.base.get("num_classes"))
+        return model_from_name(self.base["model"], num_classes=self.base.get("num_classes"), checkpoint=checkpoint)
+
+    def architecture(self) -> nn.Module:
+        """The base architecture with timm's random init (never downloaded weights)."""
+        from ...resolve import model_from_name
+
+        return model_from_name(self.base["model"], num_classes=self.base.get("num_classes"))
+
+    def model(self, state: State) -> nn.Module:
+        """The current model: the base architecture, the plan applied when compressed, the current weights."""
+        from ...plan import Plan, compress, load_weights
+
+        if not state.compressed:
+            return self.base_model(state.weights)
+        model = compress(self.base_model(), Plan.load(state.plan), init="random")
+        return load_weights(model, state.weights)
+
+    def teacher(self) -> nn.Module:
+        return self.base_model(self.base.get("checkpoint"))
+
+
+def require(state: State, what: str, stage: str) -> None:
+    """One line naming the stage that is missing before ``stage``."""
+    if what == "plan" and state.plan is None:
+        raise RecipeError(f"stage {stage}: needs a plan (put a 'search' or 'plan' stage before it)")
+    if what == "dense" and state.compressed:
+        raise RecipeError(f"stage {stage}: needs the dense model (it comes before 'decompose')")
+    if what == "compressed" and not state.compressed:
+        raise RecipeError(f"stage {stage}: needs the compressed model (put a 'decompose' stage before it)")
+
+
+def train_config(params: Mapping[str, Any], where: str, input_size: int | None = None):
+    """A :class:`TrainConfig` from recipe fields (``input_size`` defaults to the recipe's)."""
+    from ...train.engine import TrainConfig
+
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise RecipeError(f"{where}: unknown training option {unknown[0]!r}")
+    if input_size is not None:
+        params = {"input_size": input_size, **params}
+    try:
+        return TrainConfig(**params)
+    except (TypeError, ValueError) as e:
+        raise RecipeError(f"{where}: {e}") from None
+
+
+def train_params(params: Mapping[str, Any]) -> dict:
+    """The training fields of a stage's options (without the stage's own ones: id, teacher, sparsity ...)."""
+    return {k: v for k, v in params.items() if k not in TRAIN_EXTRA}
+
+
+def summary(result: dict) -> dict:
+    return {k: result[k] for k in ("val_top1", "val_top5", "epochs", "seconds", "world_size", "config") if k in result}
+
+
+def hardware() -> dict:
+    """Where the run happened, so that the seconds in the results read as CPU- or GPU-minutes."""
+    import torch
+
+    if torch.cuda.is_available():
+        return {"device": "cuda", "name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count()}
+    return {"device": "cpu", "threads": torch.get_num_threads(), "cores": os.cpu_count()}

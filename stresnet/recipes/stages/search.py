@@ -1,0 +1,101 @@
+"""Stages that set the plan: ``search`` (CompressNAS), ``plan`` (a file, a family variant, uniform ranks),
+``lrs_plan`` (LR+S or magnitude pruning at the current plan's params)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import RecipeError, input_path
+from .common import ClassifyRun, State, require
+
+
+def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
+    """CompressNAS: estimator tables + ILP at ``budget``; sets the plan."""
+    from ...search.run import search_and_write
+
+    require(state, "dense", "search")
+    budget = str(p.get("budget", "8x"))
+    report = search_and_write(run.base["model"], Path(state.weights) if state.weights else None, run.data, [budget],
+                              out, num_classes=run.base.get("num_classes"), size=run.input_size,
+                              calib=int(p.get("calib", 256)), step=int(p.get("step", 8)),
+                              estimator=str(p.get("estimator", "fisher")), seed=int(p.get("seed", 0)),
+                              progress=run.progress)
+    row = next(iter(report["budgets"].values()))
+    state.plan = str(out / f"plan_{next(iter(report['budgets']))}.json")
+    result = {"budget": budget, "plan": state.plan, "seconds": report["seconds"], "searched": row["methods"]["searched"]}
+    if p.get("expect_plan"):  # the packaged zoo plan must be what this search finds
+        from ...plan import Plan
+
+        expected = Plan.load(input_path(p["expect_plan"]))
+        result["matches_expected_plan"] = Plan.load(state.plan).layers == expected.layers
+    return result
+
+
+def plan(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
+    """A fixed plan (``file`` or family ``variant``), or ``uniform``: the smallest uniform-rank plan with at
+    least the current plan's params."""
+    from ...plan import Plan
+
+    if "uniform" in p:  # the uniform-rank baseline of the current plan, at >= its params
+        from ...search.uniform import uniform_plan_at_least
+
+        require(state, "plan", "plan (uniform)")
+        opts = p["uniform"] if isinstance(p["uniform"], dict) else {}
+        new = uniform_plan_at_least(run.architecture(), Plan.load(state.plan), step=int(opts.get("step", 4)))
+        new.save(out / "plan.json")
+        state.plan = str(out / "plan.json")
+        return {"plan": state.plan, "source": "uniform", "params": new.meta["params"],
+                "params_target": new.meta["params_target"], "ratio": new.meta["ratio"]}
+    if "file" in p:
+        new = Plan.load(input_path(p["file"]))
+    elif "variant" in p:
+        from ...zoo.family import family_plan
+
+        try:
+            new = family_plan(str(p["variant"]).removeprefix("stresnet_"),
+                              num_classes=run.base.get("num_classes", 1000))
+        except ValueError as e:
+            raise RecipeError(f"stage plan: {e}") from None
+    else:
+        raise RecipeError("stage plan: give 'file' (a plan JSON) or 'variant' (a family member)")
+    new.save(out / "plan.json")
+    state.plan = str(out / "plan.json")
+    return {"plan": state.plan, "source": str(p.get("file", p.get("variant")))}
+
+
+def lrs_plan(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
+    """An LR+S (``method: lrs``) or magnitude-pruning (``method: prune``) plan with the current (Tucker-2) plan's
+    total params (``over: base``: prune every conv of the unmodified base instead of the plan's convs)."""
+    from ...data import calibration_images
+    from ...plan import Plan
+    from ...train import sparsity
+
+    require(state, "plan", "lrs_plan")
+    require(state, "dense", "lrs_plan")
+    method = p.get("method", "lrs")
+    model = run.model(state)
+    tucker = Plan.load(state.plan)
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict = {"method": method}
+    if method == "lrs":
+        if "fraction" in p:
+            fraction = float(p["fraction"])
+        else:  # tune the split on held-out TRAIN images (never val)
+            images, labels = calibration_images(run.split("train"), int(p.get("calib", 512)), run.input_size,
+                                                seed=int(p.get("seed", 1)))
+            fractions = tuple(p.get("fractions", (0.1, 0.25, 0.4, 0.55)))
+            tuned = sparsity.tune_split(model, tucker, fractions, images, labels)
+            result["tuning"] = tuned
+            fraction = tuned["fraction"]
+        new = sparsity.lrs_plan_like(model, tucker, fraction)
+        result["fraction"] = fraction
+    elif method == "prune" and p.get("over", "plan") == "base":
+        target = sparsity.plan_params(model, tucker)
+        new = sparsity.dense_pruning_plan(model, target, base=tucker.base)
+        result.update(over="base", params_target=target, density=new.meta["density"])
+    elif method == "prune":
+        new = sparsity.pruning_plan_like(model, tucker)
+    else:
+        raise RecipeError(f"stage lrs_plan: method {method!r} is not 'lrs' or 'prune'")
+    new.save(out / "plan.json")
+    state.plan = str(out / "plan.json")
+    return {**result, "plan": state.plan}
