@@ -35,7 +35,8 @@ if ! problems=$("${PIP[@]}" check 2>&1); then
 fi
 if [ "$fresh" = 1 ]; then
     # A fresh venv holds exactly the lock: a dependency missing from it would have come in unpinned.
-    if ! drift=$(diff <("${PIP[@]}" freeze --exclude-editable | sort -f) <(grep -v -E '^\s*(#|$)' "$LOCK" | sort -f)); then
+    pinned=$(grep -v -E '^\s*(#|$)' "$LOCK" | sort -f)
+    if ! drift=$(diff <("${PIP[@]}" freeze --exclude-editable | sort -f) <(echo "$pinned")); then
         echo "setup.sh: the fresh .venv differs from $LOCK ('<' installed, '>' pinned):" >&2
         echo "$drift" >&2
         exit 1

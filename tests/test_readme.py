@@ -23,8 +23,8 @@ RESULT_LIKE = [
     (re.compile(rf"{_NUM}\s*(?:pt|pp)\b"), "points"),
     (re.compile(r"(?<![\w.])\d+\.\d+x\b"), "a measured ratio"),
     (re.compile(rf"{_NUM}x (?:faster|slower|smaller|lower|fewer|speed)"), "an 'x faster' claim"),
-    (re.compile(rf"(?<![\w.]){_NUM}(?:-{_NUM})?\s*(?:s|sec|seconds|min|minutes|h|hours|(?:CPU|GPU)-(?:minutes|hours))\b"),
-     "a duration"),
+    (re.compile(rf"(?<![\w.]){_NUM}(?:-{_NUM})?\s*"
+                r"(?:s|sec|seconds|min|minutes|h|hours|(?:CPU|GPU)-(?:minutes|hours))\b"), "a duration"),
     (re.compile(r"(?<![\w.])(?<!lr )\d+\.\d{2,}(?![\w.])"), "a measured decimal"),  # lr 0.01 is a setting
 ]
 

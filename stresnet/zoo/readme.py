@@ -71,7 +71,8 @@ def recipe_results(results: Path) -> str:
                 direct = f"{_pct(arm['final']['top1'])} %"
                 leads.append((level, final["top1"] - arm["final"]["top1"]))
         top1 = f"{_pct(final['top1'])} %"
-        rows.append(f"| `stresnet18_{level}.yaml` | {final['params'] / 1e6:.3f} M ({final['compression']['params']:.2f}x) "
+        size = f"{final['params'] / 1e6:.3f} M ({final['compression']['params']:.2f}x)"
+        rows.append(f"| `stresnet18_{level}.yaml` | {size} "
                     f"| {final['compression']['macs']:.2f}x | {'ADMM' if admm else 'direct'} "
                     f"| {_pct(zero_shot) + ' %' if zero_shot is not None else '-'} | {top1} "
                     f"| {_pt(final['top1'] - base['top1'])} pt | {direct} |")
