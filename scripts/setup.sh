@@ -1,12 +1,48 @@
 #!/usr/bin/env bash
-# One-time set-up of a fresh machine: a virtual environment in .venv with torch and stresnet.
-# Idempotent: a second run only checks that everything is installed.
+# Set-up of a machine: a virtual environment in .venv holding exactly the packages pinned in
+# constraints.txt (every dependency, transitive too, at the versions the committed results were
+# made with) plus stresnet itself, editable. A second run re-syncs an existing .venv to the pins;
+# .ci/run deletes .venv first, so CI always installs from scratch.
+#
+# constraints.txt is installed as a lock (--no-deps), not resolved: ultralytics declares the GUI
+# build `opencv-python`, which needs the system's libGL (absent on slim images), and a pip
+# constraint cannot forbid a package. The lock holds `opencv-python-headless` instead, which
+# provides the same `cv2` module. On this workplace's x86-64 Python 3.11 machines pip takes torch
+# and its CUDA wheels from local disk; on another platform regenerate the lock there
+# (`pip freeze --exclude-editable` after a resolved install) and pass it as CONSTRAINTS=...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-# torch/torchvision pinned to the builds this project is tested with (on this workplace's
-# x86-64 Python 3.11 machines pip takes them from local disk); override with TORCH_SPEC.
-TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
-.venv/bin/python -m pip install -q --disable-pip-version-check $TORCH_SPEC
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,export,plot,detect]"
+LOCK=${CONSTRAINTS:-constraints.txt}
+PIP=(.venv/bin/python -m pip --disable-pip-version-check)
+fresh=0
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+    fresh=1
+fi
+"${PIP[@]}" install -q --no-deps -r "$LOCK"
+# stresnet and its extras, resolved against the same pins: with the lock installed nothing new
+# should come in (the detect extra is left out: it would pull opencv-python; ultralytics is locked).
+"${PIP[@]}" install -q -c "$LOCK" -e ".[test,export,plot]"
+# Every requirement of every installed package is met, but ultralytics' opencv-python (see above).
+if ! problems=$("${PIP[@]}" check 2>&1); then
+    problems=$(grep -v -E '^ultralytics [^ ]+ requires opencv-python, which is not installed\.$' <<<"$problems" || true)
+    if [ -n "$problems" ]; then
+        echo "setup.sh: the environment does not satisfy its requirements:" >&2
+        echo "$problems" >&2
+        exit 1
+    fi
+fi
+if [ "$fresh" = 1 ]; then
+    # A fresh venv holds exactly the lock: a dependency missing from it would have come in unpinned.
+    pinned=$(grep -v -E '^\s*(#|$)' "$LOCK" | sort -f)
+    if ! drift=$(diff <("${PIP[@]}" freeze --exclude-editable | sort -f) <(echo "$pinned")); then
+        echo "setup.sh: the fresh .venv differs from $LOCK ('<' installed, '>' pinned):" >&2
+        echo "$drift" >&2
+        exit 1
+    fi
+fi
+# timm's own model tests (acceptance of the zoo), fetched once into .cache/ when the script exists.
+if [ -f scripts/timm_tests.sh ]; then
+    bash scripts/timm_tests.sh
+fi

@@ -180,10 +180,12 @@ def _cmd_cards(args: argparse.Namespace) -> int:
     from .detect.card import detect_index_markdown, detect_results, write_card
     from .zoo.cards import index_markdown, plot_family, write_cards
     from .zoo.models import VARIANTS, weights_registry
+    from .zoo.readme import update_readme
     from .zoo.report import ReportError, card_notes, evidence_markdown, load_evidence, plot_pareto
 
     try:  # read the evidence first: bad input fails before anything is written
         evidence, ev_base = load_evidence(Path(args.recipes), Path(args.results))
+        readme = update_readme(args.readme.read_text(), Path(args.results)) if args.readme.is_file() else None
     except ReportError as e:
         print(f"stresnet: error: {e}", file=sys.stderr)
         return 2
@@ -210,6 +212,8 @@ def _cmd_cards(args: argparse.Namespace) -> int:
     (args.out / "README.md").write_text(index)
     plot = plot_family(records, base, args.out / "accuracy_vs_size.png")
     plot_pareto(evidence, ev_base, args.out / "pareto.png")
+    if readme is not None:
+        args.readme.write_text(readme)
     print(f"wrote {len(paths)} cards, README.md, {plot.name + ', ' if plot else ''}pareto.png "
           f"({len(evidence)} evidence variants) to {args.out}")
     return 0
@@ -492,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", type=Path, default=Path("zoo_cards"))
         p.add_argument("--results", type=Path, default=Path("recipes/results"), help="recipe results JSONs")
         p.add_argument("--recipes", type=Path, default=Path("recipes"), help="where recipes/evidence_*.yaml live")
+        p.add_argument("--readme", type=Path, default=Path("README.md"), help="its generated blocks are rewritten")
         p.set_defaults(func=_cmd_cards)
 
     b = bench.add_parser("latency", help="batch-1 CPU latency vs resnet18 in the same run, beside the MAC ratio")

@@ -56,3 +56,20 @@ def tree(tmp_path_factory) -> Path:
                 img = rng.normal(110 + 20 * c, 50, size=(40, 40, 3)).clip(0, 255).astype(np.uint8)
                 Image.fromarray(img).save(d / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def regenerated_report(tmp_path_factory) -> Path:
+    """`stresnet report` run once on the committed recipes and results, into a temporary folder:
+    ``zoo_cards/`` there, and ``README.md`` (a copy of the committed one, its generated blocks rewritten)."""
+    import shutil
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("report")
+    shutil.copy(REPO / "README.md", out / "README.md")
+    proc = subprocess.run([sys.executable, "-m", "stresnet", "report", "--recipes", "recipes", "--results",
+                           "recipes/results", "--out", str(out / "zoo_cards"), "--readme", str(out / "README.md")],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return out

@@ -11,6 +11,10 @@ import torch
 
 if importlib.util.find_spec("ultralytics") is None:
     pytest.skip("the 'detect' extra (ultralytics) is not installed", allow_module_level=True)
+# ultralytics imports cv2 at import time; the GUI build (opencv-python) fails there without the
+# system's libGL, which scripts/setup.sh avoids with opencv-python-headless: skip, never crash collection
+pytest.importorskip("cv2", exc_type=ImportError,
+                    reason="cv2 does not import (opencv-python without libGL? install opencv-python-headless)")
 
 from stresnet import cli  # noqa: E402
 from stresnet.cost import profile  # noqa: E402

@@ -82,13 +82,23 @@ def _section(md: str, variant: str) -> str:
     return md.split(f"### {variant}\n", 1)[1].split("\n### ", 1)[0]
 
 
-def test_regenerates_byte_for_byte_and_matches_the_committed_output(tmp_path):
+def test_regenerates_byte_for_byte_and_matches_the_expected_fixture(tmp_path):
     recipes, results = _fixture(tmp_path / "in")
     md1, png1 = _render(recipes, results, tmp_path / "a")
     md2, png2 = _render(recipes, results, tmp_path / "b")
     assert md1 == md2 and png1 == png2
     assert png1[:8] == b"\x89PNG\r\n\x1a\n" and len(png1) > 10_000
     assert md1 == EXPECTED.read_text()
+
+
+def test_committed_zoo_cards_are_the_report_of_the_committed_results(regenerated_report):
+    """`stresnet report` on `recipes/` and `recipes/results/` gives the committed `zoo_cards/`, every file
+    byte for byte (cards, index, both plots): no committed card is stale or edited by hand."""
+    committed, fresh = REPO / "zoo_cards", regenerated_report / "zoo_cards"
+    names = sorted(p.name for p in committed.iterdir())
+    assert names == sorted(p.name for p in fresh.iterdir())
+    differ = [n for n in names if (committed / n).read_bytes() != (fresh / n).read_bytes()]
+    assert not differ, f"stale in zoo_cards/ (run `stresnet report` and commit): {differ}"
 
 
 def test_arms_without_results_are_shown_as_not_run(tmp_path):

@@ -1,6 +1,7 @@
 """The search end to end on a small model: budgets met, baselines at equal size, deterministic."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -60,10 +61,27 @@ def test_mse_estimator_needs_no_labels(model_and_images) -> None:
     assert all(s["ranks"][0] == s["ranks"][1] or s["ranks"][1] == 3 for s in plan.layers.values())
 
 
-def test_searched_plan_beats_uniform_on_the_estimator(space) -> None:
-    plan = searched_plan(space, parse_budget("4x"))
+def test_searched_plan_distorts_held_out_outputs_less_than_uniform(model_and_images, space) -> None:
+    """What the estimator is for, measured rather than implied by the ILP: on images the tables never
+    saw, the decomposed searched plan stays closer to the base's outputs than uniform ranks of no more
+    params (and the ILP's objective is what the per-layer tables say about the plan it returns)."""
+    model = model_and_images[0]
+    budget = parse_budget("4x")
+    plan = searched_plan(space, budget)
     uniform = baseline_plan(space, "uniform", space.size(plan))
-    assert space.estimated_loss(plan) <= space.estimated_loss(uniform)
+    assert space.size(uniform) <= space.size(plan) <= space.base_cost["params"] / 4
+    assert plan.meta["estimated_loss"] == pytest.approx(space.estimated_loss(plan))
+    g = torch.Generator().manual_seed(1)
+    held_out = torch.randn(32, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        ref = model(held_out).log_softmax(1)
+
+        def kl_to_base(p) -> float:
+            out = compress(copy.deepcopy(model), p).eval()(held_out).log_softmax(1)
+            return float(torch.nn.functional.kl_div(out, ref, log_target=True, reduction="batchmean"))
+
+        searched_kl, uniform_kl = kl_to_base(plan), kl_to_base(uniform)
+    assert 0 < searched_kl < uniform_kl
 
 
 def test_infeasible_budget_names_the_smallest_achievable_size(space) -> None:
