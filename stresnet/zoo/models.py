@@ -57,10 +57,23 @@ def weights_registry() -> dict[str, dict]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def recipe_path(name: str) -> str:
+    """The recipe (relative to a source checkout) that makes the weights of ``arch.tag``."""
+    arch, _, tag = name.partition(".")
+    return f"recipes/{arch}{'' if tag in ('', 'imagenette') else '_' + tag}.yaml"
+
+
 def recipe_command(name: str) -> str:
     """The command that regenerates (and installs) the weights of ``arch.tag``."""
-    arch, _, tag = name.partition(".")
-    return f"stresnet recipe run recipes/{arch}{'' if tag in ('', 'imagenette') else '_' + tag}.yaml"
+    return f"stresnet recipe run {recipe_path(name)}"
+
+
+def _how_to_make(name: str) -> str:
+    """``make them with `<command>```, or that no recipe does yet (known only in a source checkout)."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "recipes").is_dir() and not (checkout / recipe_path(name)).is_file():
+        return f"no recipe makes them yet ({recipe_path(name)} does not exist)"
+    return f"make them with `{recipe_command(name)}`"
 
 
 def sha256_of(path: str | Path) -> str:
@@ -134,8 +147,7 @@ def _verified_weights(cfg: dict) -> str:
         repo = cfg.get("hf_hub_id") or weights_registry().get(name, {}).get("hf_hub_id")
         if not repo:
             published = ", ".join(sorted(weights_registry())) or "none"
-            raise WeightsError(f"weights {name}: none are published (published: {published}); "
-                               f"make them with `{recipe_command(name)}`")
+            raise WeightsError(f"weights {name}: none are published (published: {published}); {_how_to_make(name)}")
         try:
             path = hf_hub_download(repo, filename)
         except (LocalEntryNotFoundError, OSError) as e:
