@@ -4,8 +4,10 @@
 
 Imports are scoped inside each entry so ``torch.hub.list`` works with only torch
 installed; building a model needs timm and this package (``pip install -e .``).
-``pretrained=True`` takes a weight tag, e.g. ``tag='imagenette'`` (default) or
-``'in1k'``, and loads verified safetensors from the Hugging Face cache.
+``pretrained=True`` takes a weight tag (default ``'imagenette'``) among those with
+published weights (the package's ``weights.json``; ``timm.list_pretrained('stresnet*')``
+lists them) and loads verified safetensors from the Hugging Face cache; a tag
+without weights raises an error naming the recipe that makes them.
 The YOLO entries (``yolov5s_2x``, ``yolov5n_2x``) also need ``ultralytics``
 (``pip install -e ".[detect]"``) and return an ultralytics ``YOLO``.
 """
@@ -23,8 +25,8 @@ def _create(name: str, pretrained: bool, tag: str, **kwargs):
 def stresnet18_2x(pretrained: bool = False, tag: str = "imagenette", **kwargs):
     """ResNet-18 with Tucker-2 ranks searched (Fisher estimator + ILP) at 1/2 of the parameters.
 
-    Args: pretrained (load published weights), tag ('imagenette' or 'in1k'), and timm
-    kwargs such as num_classes or features_only.
+    Args: pretrained (load published weights), tag (one with published weights, default 'imagenette'),
+    and timm kwargs such as num_classes, in_chans or features_only.
     """
     return _create("stresnet18_2x", pretrained, tag, **kwargs)
 
@@ -32,8 +34,8 @@ def stresnet18_2x(pretrained: bool = False, tag: str = "imagenette", **kwargs):
 def stresnet18_4x(pretrained: bool = False, tag: str = "imagenette", **kwargs):
     """ResNet-18 with Tucker-2 ranks searched (Fisher estimator + ILP) at 1/4 of the parameters.
 
-    Args: pretrained (load published weights), tag ('imagenette' or 'in1k'), and timm
-    kwargs such as num_classes or features_only.
+    Args: pretrained (load published weights), tag (one with published weights, default 'imagenette'),
+    and timm kwargs such as num_classes, in_chans or features_only.
     """
     return _create("stresnet18_4x", pretrained, tag, **kwargs)
 
@@ -41,8 +43,8 @@ def stresnet18_4x(pretrained: bool = False, tag: str = "imagenette", **kwargs):
 def stresnet18_8x(pretrained: bool = False, tag: str = "imagenette", **kwargs):
     """ResNet-18 with Tucker-2 ranks searched (Fisher estimator + ILP) at 1/8 of the parameters.
 
-    Args: pretrained (load published weights), tag ('imagenette' or 'in1k'), and timm
-    kwargs such as num_classes or features_only.
+    Args: pretrained (load published weights), tag (one with published weights, default 'imagenette'),
+    and timm kwargs such as num_classes, in_chans or features_only.
     """
     return _create("stresnet18_8x", pretrained, tag, **kwargs)
 
@@ -50,8 +52,8 @@ def stresnet18_8x(pretrained: bool = False, tag: str = "imagenette", **kwargs):
 def stresnet18_16x(pretrained: bool = False, tag: str = "imagenette", **kwargs):
     """ResNet-18 with Tucker-2 ranks searched (Fisher estimator + ILP) at 1/16 of the parameters.
 
-    Args: pretrained (load published weights), tag ('imagenette' or 'in1k'), and timm
-    kwargs such as num_classes or features_only.
+    Args: pretrained (load published weights), tag (one with published weights, default 'imagenette'),
+    and timm kwargs such as num_classes, in_chans or features_only.
     """
     return _create("stresnet18_16x", pretrained, tag, **kwargs)
 
@@ -59,8 +61,8 @@ def stresnet18_16x(pretrained: bool = False, tag: str = "imagenette", **kwargs):
 def stresnet18_32x(pretrained: bool = False, tag: str = "imagenette", **kwargs):
     """ResNet-18 with Tucker-2 ranks searched (Fisher estimator + ILP) at 1/32 of the parameters.
 
-    Args: pretrained (load published weights), tag ('imagenette' or 'in1k'), and timm
-    kwargs such as num_classes or features_only.
+    Args: pretrained (load published weights), tag (one with published weights, default 'imagenette'),
+    and timm kwargs such as num_classes, in_chans or features_only.
     """
     return _create("stresnet18_32x", pretrained, tag, **kwargs)
 
@@ -68,8 +70,8 @@ def stresnet18_32x(pretrained: bool = False, tag: str = "imagenette", **kwargs):
 def stresnet_pico(pretrained: bool = False, tag: str = "imagenette", **kwargs):
     """STResNet Pico: 0.63 M params, 0.12 GMACs at 224 (1000 classes); MCU-sized.
 
-    Args: pretrained (load published weights), tag ('imagenette' or 'in1k'), and timm
-    kwargs such as num_classes or features_only.
+    Args: pretrained (load published weights), tag (one with published weights, default 'imagenette'),
+    and timm kwargs such as num_classes, in_chans or features_only.
     """
     return _create("stresnet_pico", pretrained, tag, **kwargs)
 
@@ -77,8 +79,8 @@ def stresnet_pico(pretrained: bool = False, tag: str = "imagenette", **kwargs):
 def stresnet_nano(pretrained: bool = False, tag: str = "imagenette", **kwargs):
     """STResNet Nano: 1.02 M params, 0.52 GMACs at 224 (1000 classes).
 
-    Args: pretrained (load published weights), tag ('imagenette' or 'in1k'), and timm
-    kwargs such as num_classes or features_only.
+    Args: pretrained (load published weights), tag (one with published weights, default 'imagenette'),
+    and timm kwargs such as num_classes, in_chans or features_only.
     """
     return _create("stresnet_nano", pretrained, tag, **kwargs)
 
@@ -86,8 +88,8 @@ def stresnet_nano(pretrained: bool = False, tag: str = "imagenette", **kwargs):
 def stresnet_micro(pretrained: bool = False, tag: str = "imagenette", **kwargs):
     """STResNet Micro: 1.58 M params, 0.75 GMACs at 224 (1000 classes).
 
-    Args: pretrained (load published weights), tag ('imagenette' or 'in1k'), and timm
-    kwargs such as num_classes or features_only.
+    Args: pretrained (load published weights), tag (one with published weights, default 'imagenette'),
+    and timm kwargs such as num_classes, in_chans or features_only.
     """
     return _create("stresnet_micro", pretrained, tag, **kwargs)
 
@@ -95,8 +97,8 @@ def stresnet_micro(pretrained: bool = False, tag: str = "imagenette", **kwargs):
 def stresnet_milli(pretrained: bool = False, tag: str = "imagenette", **kwargs):
     """STResNet Milli: 3.14 M params, 1.07 GMACs at 224 (1000 classes).
 
-    Args: pretrained (load published weights), tag ('imagenette' or 'in1k'), and timm
-    kwargs such as num_classes or features_only.
+    Args: pretrained (load published weights), tag (one with published weights, default 'imagenette'),
+    and timm kwargs such as num_classes, in_chans or features_only.
     """
     return _create("stresnet_milli", pretrained, tag, **kwargs)
 
@@ -104,8 +106,8 @@ def stresnet_milli(pretrained: bool = False, tag: str = "imagenette", **kwargs):
 def stresnet_tiny(pretrained: bool = False, tag: str = "imagenette", **kwargs):
     """STResNet Tiny: 4.16 M params, 1.21 GMACs at 224 (1000 classes).
 
-    Args: pretrained (load published weights), tag ('imagenette' or 'in1k'), and timm
-    kwargs such as num_classes or features_only.
+    Args: pretrained (load published weights), tag (one with published weights, default 'imagenette'),
+    and timm kwargs such as num_classes, in_chans or features_only.
     """
     return _create("stresnet_tiny", pretrained, tag, **kwargs)
 

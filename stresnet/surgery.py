@@ -32,18 +32,20 @@ def _stem(model: nn.Module, width: int, proj: bool = False) -> None:
     if not isinstance(width, int) or isinstance(width, bool) or width <= 0:
         raise SurgeryError(f"surgery 'stem': width {width!r} must be a positive integer")
     c_stem = conv.out_channels
+    if not proj and width != c_stem:
+        raise SurgeryError(f"surgery 'stem': width {width} != {c_stem} channels needs \"proj\": true")
+    # new layers live where the model does (timm builds on any device/dtype, 'meta' included)
+    dd = {"device": conv.weight.device, "dtype": conv.weight.dtype}
     model.conv1 = nn.Conv2d(conv.in_channels, width, conv.kernel_size, conv.stride, conv.padding,
-                            conv.dilation, bias=conv.bias is not None)
-    model.bn1 = nn.BatchNorm2d(width)
+                            conv.dilation, bias=conv.bias is not None, **dd)
+    model.bn1 = nn.BatchNorm2d(width, **dd)
     if proj:
         model.maxpool = nn.Sequential(OrderedDict(
             pool=model.maxpool,
-            proj=nn.Conv2d(width, c_stem, 1, bias=False),
-            bn=nn.BatchNorm2d(c_stem),
+            proj=nn.Conv2d(width, c_stem, 1, bias=False, **dd),
+            bn=nn.BatchNorm2d(c_stem, **dd),
             act=nn.ReLU(inplace=True),
         ))
-    elif width != c_stem:
-        raise SurgeryError(f"surgery 'stem': width {width} != {c_stem} channels needs \"proj\": true")
 
 
 _SURGERIES = {"stem": _stem}

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
-from stresnet.zoo.models import VARIANTS
+from stresnet.zoo.models import VARIANTS, WeightsError
 
 REPO = str(Path(__file__).resolve().parents[1])
 
@@ -26,3 +27,8 @@ def test_hub_load_builds_the_zoo_model() -> None:
     model = torch.hub.load(REPO, "stresnet_pico", source="local", pretrained=False, num_classes=10)
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
     assert sum(p.numel() for p in model.parameters()) < 200_000
+
+
+def test_hub_load_of_a_tag_without_weights_names_the_recipe() -> None:
+    with pytest.raises(WeightsError, match=r"stresnet18_8x.in1k: none are published.*recipes/stresnet18_8x_in1k.yaml"):
+        torch.hub.load(REPO, "stresnet18_8x", source="local", pretrained=True, tag="in1k")

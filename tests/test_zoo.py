@@ -14,7 +14,7 @@ import torch
 import stresnet  # noqa: F401  (registers the zoo)
 from stresnet.cost import profile
 from stresnet.zoo.hub import install_to_cache, publish, register
-from stresnet.zoo.models import VARIANTS, WeightsError, packaged_plan
+from stresnet.zoo.models import VARIANTS, WeightsError, packaged_plan, weights_registry
 
 FAMILY = {  # STResNet paper, 1000 classes at 224: params (M), GMACs
     "stresnet_pico": (0.628, 0.124), "stresnet_nano": (1.022, 0.516), "stresnet_micro": (1.577, 0.749),
@@ -22,14 +22,43 @@ FAMILY = {  # STResNet paper, 1000 classes at 224: params (M), GMACs
 }
 
 
-def test_every_variant_is_registered_with_both_weight_tags() -> None:
+def test_only_registered_weights_are_pretrained_tags() -> None:
+    """timm lists as pretrained exactly the tags whose weights are in the registry; '.in1k' stays a cfg, the default."""
     assert set(VARIANTS) <= set(timm.list_models("stresnet*"))
+    registry = weights_registry()
+    assert set(timm.list_models("stresnet*", pretrained=True)) == {n for n in registry if n.startswith("stresnet")}
     for v in VARIANTS:
-        tags = {name.split(".")[1] for name in timm.list_pretrained(f"{v}.*")}
-        assert tags == {"imagenette", "in1k"}
-        cfg = timm.get_pretrained_cfg(f"{v}.imagenette").to_dict()
-        assert cfg["hf_hub_id"] == f"stresnet/{v}.imagenette" and cfg["hf_hub_filename"] == "model.safetensors"
-        assert cfg["num_classes"] == 10 and cfg["input_size"] == (3, 128, 128) and cfg["license"]
+        assert {n.split(".")[1] for n in timm.list_models(v, include_tags=True)} == {"imagenette", "in1k"}
+        for tag in ("imagenette", "in1k"):
+            cfg = timm.get_pretrained_cfg(f"{v}.{tag}").to_dict()
+            assert cfg.get("hf_hub_id") == registry.get(f"{v}.{tag}", {}).get("hf_hub_id")
+            assert cfg["hf_hub_filename"] == "model.safetensors" and cfg["license"]
+        assert timm.get_pretrained_cfg(f"{v}.imagenette").input_size == (3, 128, 128)
+        default = timm.get_pretrained_cfg(v)
+        assert default.tag == "in1k" and default.num_classes == 1000 and default.input_size == (3, 224, 224)
+
+
+def test_a_tag_without_weights_says_which_recipe_makes_them() -> None:
+    with pytest.raises(WeightsError, match=r"stresnet18_8x.in1k: none are published.*recipes/stresnet18_8x_in1k.yaml`"):
+        timm.create_model("stresnet18_8x", pretrained=True)  # the default tag, .in1k
+    with pytest.raises(WeightsError, match=r"stresnet_pico.in1k: .*no recipe makes them yet"):
+        timm.create_model("stresnet_pico.in1k", pretrained=True)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_first_conv_is_the_conv_that_sees_the_image(name: str) -> None:
+    model = timm.create_model(name, device="meta")
+    first = model.get_submodule(model.pretrained_cfg["first_conv"])
+    assert isinstance(first, torch.nn.Conv2d) and first.in_channels == 3
+
+
+@pytest.mark.parametrize("name", ["stresnet18_2x", "stresnet18_8x", "stresnet_pico"])  # plain, Tucker-2, narrowed stem
+def test_models_build_on_the_device_and_dtype_timm_passes(name: str) -> None:
+    meta = timm.create_model(name, device="meta", in_chans=1)
+    assert {t.device.type for t in (*meta.parameters(), *meta.buffers())} == {"meta"}
+    double = timm.create_model(name, dtype=torch.float64, in_chans=1, num_classes=3).eval()
+    assert {p.dtype for p in double.parameters()} == {torch.float64}
+    assert double(torch.randn(1, 1, 64, 64, dtype=torch.float64)).shape == (1, 3)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILY))
@@ -80,6 +109,19 @@ def test_publish_round_trip_through_the_offline_cache(published) -> None:
         assert torch.equal(loaded(x), model(x))
     config = json.loads((snapshot / "config.json").read_text())
     assert config["architecture"] == "stresnet_pico" and "layers" in config["model_args"]["plan"]
+
+
+def test_pretrained_weights_adapt_to_one_input_channel_and_new_classes(published) -> None:
+    """timm sums the first conv's RGB weights for in_chans=1: a grey image then gives the RGB model's features."""
+    model, _, _, _ = published
+    grey = timm.create_model("stresnet_pico.imagenette", pretrained=True, in_chans=1, num_classes=5).eval()
+    assert grey.in_chans == 1 and grey.get_classifier().out_features == 5
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(grey.forward_features(x), model.forward_features(x.expand(-1, 3, -1, -1)))
+    headless = timm.create_model("stresnet_pico.imagenette", pretrained=True, in_chans=1, num_classes=0).eval()
+    with torch.no_grad():
+        assert headless(x).shape == (2, 512)
 
 
 def test_a_fresh_offline_process_loads_by_name_hf_hub_and_local_dir(published) -> None:

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..plan import Plan, PlanError, plan_of
 from ..utils.io import atomic_write, atomic_write_bytes
-from .models import WEIGHTS_FILENAME, default_cfgs, registry_path, sha256_of
+from .models import WEIGHTS_FILENAME, default_cfgs, hub_id, registry_path, sha256_of
 
 
 
@@ -66,13 +66,17 @@ def publish(
     atomic_write_bytes(out_dir / "config.json", (json.dumps(config, indent=2) + "\n").encode())
     if card is not None:
         atomic_write_bytes(out_dir / "README.md", card.encode())
-    record = {"sha256": sha, "hf_hub_id": cfg["hf_hub_id"], "recipe": recipe, "metrics": dict(metrics),
+    record = {"sha256": sha, "hf_hub_id": hub_id(name), "recipe": recipe, "metrics": dict(metrics),
               "file_size": (out_dir / WEIGHTS_FILENAME).stat().st_size}
     return record
 
 
 def register(name: str, record: Mapping[str, Any], registry: Path | None = None) -> None:
-    """Record a published file's sha256 and metrics in the package's ``weights.json`` (sorted, stable)."""
+    """Record a published file's sha256 and metrics in the package's ``weights.json`` (sorted, stable).
+
+    timm lists a tag as pretrained from the registry read at import; a tag registered
+    later in this process still loads (``pretrained=True`` consults the live registry).
+    """
     registry = registry or registry_path()
     data = json.loads(registry.read_text()) if registry.is_file() else {}
     data[name] = dict(record)

@@ -2,9 +2,11 @@
 
 Each variant is data: ``plans/<variant>.json`` (a plan over timm ``resnet18``),
 built by :func:`stresnet.plan.build`. Pretrained weights are safetensors files
-on the Hugging Face Hub (``hf_hub_id`` in each cfg), and every published file's
-sha256 and measured metrics live in ``weights.json`` (written by
-``stresnet publish`` from recipe results), so a load verifies the file it got.
+on the Hugging Face Hub, and every published file's sha256 and measured metrics
+live in ``weights.json`` (written by ``stresnet publish`` from recipe results),
+so a load verifies the file it got. That registry is also the one list of what
+exists: only its tags carry an ``hf_hub_id`` (and so are pretrained in timm's
+eyes); the others (``.in1k`` until ImageNet weights are made) are cfgs only.
 """
 from __future__ import annotations
 
@@ -55,10 +57,23 @@ def weights_registry() -> dict[str, dict]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def recipe_path(name: str) -> str:
+    """The recipe (relative to a source checkout) that makes the weights of ``arch.tag``."""
+    arch, _, tag = name.partition(".")
+    return f"recipes/{arch}{'' if tag in ('', 'imagenette') else '_' + tag}.yaml"
+
+
 def recipe_command(name: str) -> str:
     """The command that regenerates (and installs) the weights of ``arch.tag``."""
-    arch, _, tag = name.partition(".")
-    return f"stresnet recipe run recipes/{arch}{'' if tag in ('', 'imagenette') else '_' + tag}.yaml"
+    return f"stresnet recipe run {recipe_path(name)}"
+
+
+def _how_to_make(name: str) -> str:
+    """``make them with `<command>```, or that no recipe does yet (known only in a source checkout)."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "recipes").is_dir() and not (checkout / recipe_path(name)).is_file():
+        return f"no recipe makes them yet ({recipe_path(name)} does not exist)"
+    return f"make them with `{recipe_command(name)}`"
 
 
 def sha256_of(path: str | Path) -> str:
@@ -69,10 +84,33 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def hub_id(name: str) -> str:
+    """The Hugging Face repo that ``arch.tag``'s weights are published to."""
+    return f"{HF_ORG}/{name}"
+
+
+# where timm's input adaptation (``in_chans`` != 3) acts in a factorised stem: the one conv that sees the input
+_FIRST_CONV = {"tucker2": "first", "tt": "first", "svd": "core"}
+
+
+def first_conv_name(plan: Plan) -> str:
+    """The name of the stem's first real ``nn.Conv2d`` (timm's ``first_conv``) under ``plan``."""
+    spec = plan.layers.get("conv1")
+    if spec is None:
+        return "conv1"
+    if spec["type"] not in _FIRST_CONV or "factors" in spec:
+        raise PlanError(f"zoo: a {spec['type']!r} stem has no single first conv "
+                        f"(a zoo stem is one of {', '.join(_FIRST_CONV)}, without factors)")
+    return f"conv1.{_FIRST_CONV[spec['type']]}"
+
+
 def _cfg(variant: str, tag: str, **kwargs: Any) -> dict:
     imagenette = tag == "imagenette"
+    name = f"{variant}.{tag}"
+    published = weights_registry().get(name)
     return {
-        "hf_hub_id": f"{HF_ORG}/{variant}.{tag}",
+        # only published weights get a source: timm then lists exactly these tags as pretrained
+        "hf_hub_id": published.get("hf_hub_id", hub_id(name)) if published else None,
         "hf_hub_filename": WEIGHTS_FILENAME,
         "num_classes": 10 if imagenette else 1000,
         "input_size": (3, 128, 128) if imagenette else (3, 224, 224),
@@ -81,7 +119,7 @@ def _cfg(variant: str, tag: str, **kwargs: Any) -> dict:
         "interpolation": "bilinear",
         "mean": IMAGENET_DEFAULT_MEAN,
         "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "conv1.first" if "conv1" in packaged_plan(variant).layers else "conv1",
+        "first_conv": first_conv_name(packaged_plan(variant)),
         "classifier": "fc",
         "license": "apache-2.0",
         "paper_ids": "arXiv:2511.11716" if variant.startswith("stresnet18") else "arXiv:2601.05364",
@@ -89,8 +127,9 @@ def _cfg(variant: str, tag: str, **kwargs: Any) -> dict:
     }
 
 
+# '.in1k*' keeps the 1000-class ImageNet cfg the default of each bare name, weights or not
 default_cfgs = generate_default_cfgs({
-    f"{variant}.{tag}": _cfg(variant, tag) for variant in VARIANTS for tag in ("in1k", "imagenette")
+    f"{variant}.{tag}": _cfg(variant, tag.rstrip("*")) for variant in VARIANTS for tag in ("imagenette", "in1k*")
 })
 
 
@@ -104,10 +143,15 @@ def _verified_weights(cfg: dict) -> str:
     if cfg.get("file"):  # a file, or a published folder (local-dir:)
         path = Path(cfg["file"]) / filename if Path(cfg["file"]).is_dir() else cfg["file"]
     else:
+        # a tag published after import (timm's listing is a snapshot) is in the live registry
+        repo = cfg.get("hf_hub_id") or weights_registry().get(name, {}).get("hf_hub_id")
+        if not repo:
+            published = ", ".join(sorted(weights_registry())) or "none"
+            raise WeightsError(f"weights {name}: none are published (published: {published}); {_how_to_make(name)}")
         try:
-            path = hf_hub_download(cfg["hf_hub_id"], filename)
+            path = hf_hub_download(repo, filename)
         except (LocalEntryNotFoundError, OSError) as e:
-            raise WeightsError(f"weights {name} ({cfg['hf_hub_id']}/{filename}) not found "
+            raise WeightsError(f"weights {name} ({repo}/{filename}) not found "
                                f"({type(e).__name__}); regenerate them with `{recipe_command(name)}`") from None
     if not Path(path).is_file():
         raise WeightsError(f"weights {name}: {path} is missing; regenerate them with `{recipe_command(name)}`")
@@ -135,9 +179,35 @@ def _feature_info(model: nn.Module) -> None:
                 entry["num_chs"] = model.bn1.num_features
 
 
-def _build_variant(plan: Plan | dict | None = None, variant: str = "", **kwargs: Any) -> nn.Module:
+def _adapt_in_chans(model: nn.Module, name: str, in_chans: int) -> None:
+    """Give the stem's first conv ``in_chans`` inputs, as timm's ``in_chans`` does for a plain stem.
+
+    The plan's ranks are for the base's input channels (a Tucker-2 stem's input
+    rank of 3 cannot be built on 1 channel), so the model is built for those and
+    only the first conv's input side changes: the layer that timm's
+    ``adapt_input_conv`` adapts in pretrained weights (``first_conv``).
+    """
+    conv = model.get_submodule(name)
+    if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
+        raise PlanError(f"zoo: cannot change in_chans: {name} is not a plain nn.Conv2d")
+    new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    bias=conv.bias is not None, padding_mode=conv.padding_mode,
+                    device=conv.weight.device, dtype=conv.weight.dtype)
+    new.train(conv.training)
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+    model.in_chans = in_chans
+
+
+def _build_variant(plan: Plan | dict | None = None, variant: str = "", in_chans: int = 3,
+                   **kwargs: Any) -> nn.Module:
     plan = Plan.from_dict(plan) if isinstance(plan, dict) else (plan or packaged_plan(variant))
-    model = build(plan, **kwargs)
+    model = build(plan, **kwargs)  # at the base's input channels, which the plan's ranks were made for
+    first_conv = first_conv_name(plan)
+    if in_chans != getattr(model, "in_chans", 3):
+        _adapt_in_chans(model, first_conv, in_chans)
+    # the base's build declared its own first conv ('conv1'); timm adapts pretrained input convs by this trait
+    model._traits = {**getattr(model, "_traits", {}), "first_conv": first_conv}
     _feature_info(model)
     return model
 
