@@ -29,7 +29,8 @@ defaults are ``runs/`` and ``recipes/results/<name>.json`` in the current folder
 """
 from __future__ import annotations
 
-from .config import RECIPE_FORMAT, RecipeError, load_recipe, shared_dir
-from .runner import command_line, run_recipe
+from .config import RECIPE_FORMAT, RecipeError, shared_dir
+from .runner import command_line
+from .tasks import load_recipe, run_recipe
 
 __all__ = ["RECIPE_FORMAT", "RecipeError", "load_recipe", "run_recipe", "shared_dir", "command_line"]

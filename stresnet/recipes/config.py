@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-__all__ = ["RECIPE_FORMAT", "RecipeError", "shared_dir", "load_recipe", "check_header", "stage_list", "input_path"]
+__all__ = ["RECIPE_FORMAT", "RecipeError", "shared_dir", "read_recipe", "check_header", "stage_list", "input_path"]
 
 RECIPE_FORMAT = "stresnet-recipe/1"
 
@@ -85,11 +85,10 @@ def _apply_override(recipe: dict, assignment: str, source: str) -> None:
             raise RecipeError(f"{source}: --set {key}: {parts[i - 1]!r} holds a value, not a mapping or list")
 
 
-def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> dict:
-    """Read, override (``key.sub=value``), substitute variables and check a recipe (its task's checks too)."""
+def read_recipe(path: str | Path, overrides: Iterable[str] = ()) -> dict:
+    """Read, override (``key.sub=value``) and substitute variables; the task's checks come after
+    (:func:`stresnet.recipes.tasks.load_recipe`)."""
     import yaml
-
-    from .tasks import task_of
 
     path = Path(path)
     if not path.is_file():
@@ -103,7 +102,6 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> dict:
     for assignment in overrides:
         _apply_override(recipe, assignment, str(path))
     recipe = _substitute(recipe, str(path))
-    task_of(recipe, str(path)).check(recipe, str(path))
     recipe["_path"] = str(path)
     return recipe
 

@@ -16,16 +16,13 @@ import shlex
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..utils.io import atomic_write_json
 from ..utils.provenance import data_fingerprint, provenance, utc_now
-from .config import RecipeError, shared_dir
+from .config import RecipeError, shared_dir, stage_list
 
-if TYPE_CHECKING:
-    from .tasks import Task
-
-__all__ = ["Run", "StageState", "run_recipe", "command_line", "portable"]
+__all__ = ["Run", "StageState", "Task", "run_task", "command_line", "portable"]
 
 
 class StageState:
@@ -60,6 +57,38 @@ class Run:
         if self.rank == 0:
             self.results["provenance"] = self.provenance()
             atomic_write_json(self.results_path, portable(self.results))
+
+
+
+StageFn = Callable[[Any, Any, dict, Path], dict]
+
+
+def _nothing(*_: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Task:
+    """One recipe task: its stages and the hooks the runner calls (defaults: do nothing)."""
+
+    name: str
+    stages: Mapping[str, StageFn]
+    state: type[StageState]
+    check: Callable[[dict, str], None]
+    initial_state: Callable[[dict], StageState]
+    header: Callable[[Run, str], dict]
+    run_class: type[Run] = Run
+    distributed: tuple[str, ...] = ()          # stages that run on every torchrun rank
+    stage_label: str = "stage"                 # in "unknown <label> 'x'" errors
+    errors: tuple[type[Exception], ...] = ()   # exceptions a stage raises that become "stage <id>: ..." lines
+    seconds_digits: int = 3                    # rounding of each stage's ``stage_seconds``
+    prepare: Callable[[dict], None] = _nothing                       # before anything is written
+    after_stage: Callable[[Run, str, dict, str, dict], None] = _nothing  # (run, arm, arm results, kind, result)
+    finish: Callable[[Run, Callable[[str], None]], None] = _nothing
+    data_folders: Callable[[dict], list[str]] = field(default=lambda recipe: [str(recipe["data"])])
+
+    def stage_list(self, stages: Any, where: str) -> list[tuple[str, dict]]:
+        return stage_list(stages, where, self.stages, self.stage_label)
 
 
 def portable(value: Any) -> Any:
@@ -130,20 +159,7 @@ def _run_arm(task: "Task", run: Run, arm: str, stages: list[tuple[str, dict]], l
         run.save_results()
 
 
-def _init_distributed() -> bool:
-    """Join the torchrun process group when launched by torchrun; True when this call created it."""
-    import torch
-    import torch.distributed as dist
-
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or dist.is_initialized():
-        return False
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return True
-
-
-def run_recipe(recipe: dict, out_root: str | Path, results_path: str | Path, resume: bool = False,
+def run_task(task: Task, recipe: dict, out_root: str | Path, results_path: str | Path, resume: bool = False,
                progress: bool = True, command: str | None = None, log: Callable[[str], None] = print,
                arms: Sequence[str] | None = None) -> dict:
     """Run every stage (of every arm, or of the ``arms`` named) of a loaded recipe into ``out_root/<name>``;
@@ -151,12 +167,8 @@ def run_recipe(recipe: dict, out_root: str | Path, results_path: str | Path, res
 
     Arms not named keep, with ``resume``, what they finished earlier, so that one comparison can be run arm
     by arm into one results file."""
-    import torch.distributed as dist
+    from ..utils.distributed import cleanup_distributed, dist_info, setup_distributed
 
-    from ..train.data import dist_info
-    from .tasks import task_of
-
-    task = task_of(recipe, recipe["_path"])
     listed = recipe["arms"] if "arms" in recipe else {"": recipe["stages"]}
     unknown = [a for a in arms or () if a not in listed or not a]
     if unknown:
@@ -164,7 +176,7 @@ def run_recipe(recipe: dict, out_root: str | Path, results_path: str | Path, res
     task.prepare(recipe)
     run_dir = Path(out_root) / recipe["name"]
     results_path = Path(results_path)
-    own_pg = _init_distributed()
+    _, own_pg = setup_distributed()
     rank, world = dist_info()
     if rank == 0 and run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise RecipeError(f"run folder {run_dir} already holds a run: pass --resume to continue it "
@@ -193,8 +205,7 @@ def run_recipe(recipe: dict, out_root: str | Path, results_path: str | Path, res
     _barrier()
     if rank != 0 and results_path.is_file():  # rank 0 ran the eval stages: every rank returns its results
         run.results = json.loads(results_path.read_text())
-    if own_pg:
-        dist.destroy_process_group()
+    cleanup_distributed(own_pg)
     task.finish(run, say)
     return run.results
 

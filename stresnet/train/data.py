@@ -22,16 +22,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..data import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from ..utils.distributed import dist_info
 
-__all__ = ["dist_info", "train_transform", "eval_transform", "SeededAugment", "TrainLoader", "train_loader",
+__all__ = ["train_transform", "eval_transform", "SeededAugment", "TrainLoader", "train_loader",
            "val_loader", "seed_worker", "sample_seed"]
-
-
-def dist_info() -> tuple[int, int]:
-    """``(rank, world_size)`` of the default process group, ``(0, 1)`` when not distributed."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def train_transform(input_size: int, scale: tuple[float, float] = (0.35, 1.0), hflip: float = 0.5,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from ..config import RecipeError, check_header, stage_list
 from ..runner import Run
-from ..tasks import Task
+from ..runner import Task
 from . import compress, evaluate, publish, search, train
 from .common import TRAIN_EXTRA, ClassifyRun, State, hardware, train_config
 

@@ -30,7 +30,7 @@ from typing import Callable
 
 from ..config import RecipeError, check_header, input_path, stage_list
 from ..runner import Run, StageState
-from ..tasks import Task
+from ..runner import Task
 
 TRAIN_KEYS = ("epochs", "batch", "nbs", "workers", "lr0", "lrf", "optimizer", "warmup_epochs", "close_mosaic", "mosaic",
               "seed", "patience", "cos_lr", "weight_decay", "momentum", "fraction", "cache", "hsv_h", "hsv_s",
