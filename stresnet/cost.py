@@ -86,7 +86,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -96,8 +96,9 @@ from .layers import LowRankSparseConv2d, MaskedConv2d, TT5Conv2d, registry
 from .layers.registry import BYTES_PER_CHANNEL, ROW_PTR_BYTES
 from .plan import Plan, PlanError, validate
 from .surgery import SurgeryError, apply_surgery
+from .utils.modes import eval_mode
 
-__all__ = ["LayerCost", "Profile", "profile", "module_cost", "plan_params", "format_table", "BYTES_PER_CHANNEL"]
+__all__ = ["LayerCost", "Profile", "profile", "module_cost", "live_beside", "plan_params", "format_table", "BYTES_PER_CHANNEL"]
 
 OTHER_PARAM_BYTES = 4
 
@@ -429,8 +430,12 @@ class _Tracer(torch.fx.Tracer):
         return isinstance(m, self._leaves) or super().is_leaf_module(m, qualname)
 
 
-def _fx_peak(model: nn.Module, x: torch.Tensor, inner_peak: Mapping[str, int]) -> tuple[int, str]:
-    """Liveness peak over the traced graph; ``inner_peak`` = internal working set of leaf modules."""
+def _fx_peak(model: nn.Module, x: torch.Tensor,
+             inner_peak: Mapping[str, int]) -> tuple[int, str, dict[str, tuple[int, int]]]:
+    """Liveness peak over the traced graph and where it falls; ``inner_peak`` = internal working set of
+    leaf modules. Also, per module call, ``(beside, kept)``: the bytes live beside it (everything live
+    while it runs but its own inputs and output: a residual block's input waiting for the add, say),
+    and the bytes of its inputs that outlive it (still needed by a later node)."""
     from torch.fx.passes.shape_prop import ShapeProp
 
     graph = _Tracer().trace(model)
@@ -486,15 +491,21 @@ def _fx_peak(model: nn.Module, x: torch.Tensor, inner_peak: Mapping[str, int]) -
         delta[start[b]] += size[b]
         delta[end + 1] -= size[b]
     best, at, live = 0, "", 0
+    beside: dict[str, tuple[int, int]] = {}
     for i, n in enumerate(nodes):
         live += delta[i]
         total = live
-        if n.op == "call_module" and n.target in inner_peak:
+        if n.op == "call_module":
             ends = _node_bytes(n) + sum(_node_bytes(a) for a in n.all_input_nodes if a in buf_of)
-            total += max(0, inner_peak[n.target] - ends)
+            kept = sum(_node_bytes(a) for a in n.all_input_nodes
+                       if a in buf_of and not dies_at(buf_of[a], i))
+            old = beside.get(str(n.target), (0, 0))
+            beside[str(n.target)] = (max(old[0], live - ends), max(old[1], kept))
+            if n.target in inner_peak:
+                total += max(0, inner_peak[n.target] - ends)
         if total > best:
             best, at = total, n.name if n.op != "call_module" else str(n.target)
-    return best, at
+    return best, at, beside
 
 
 # --------------------------------------------------------------------------- public API
@@ -505,9 +516,7 @@ def profile(model: nn.Module, input_size: tuple[int, ...] = (3, 224, 224)) -> Pr
     from torch.utils.flop_counter import FlopCounterMode
 
     input_size = tuple(int(s) for s in input_size)
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with eval_mode(model):
         params, flash, leaves = _static(model)
         x = _sample_input(model, (1, *input_size))
         rec = _Recorder(model)
@@ -534,15 +543,29 @@ def profile(model: nn.Module, input_size: tuple[int, ...] = (3, 224, 224)) -> Pr
                                    for i, o in rec.calls.get(f"{name}.{sub[0]}", ())), default=0)
         try:
             with torch.no_grad():
-                peak, at = _fx_peak(model, x, inner)
+                peak, at, _ = _fx_peak(model, x, inner)
             method = "fx-liveness"
         except Exception:  # noqa: BLE001 - untraceable model: per-leaf estimate
             peak, at = rec.leaf_max()
             method = "leaf-max"
-    finally:
-        for m, flag in flags:
-            m.training = flag
     return Profile(int(params), int(macs), int(flash), int(peak), input_size, tuple(layers), method, at)
+
+
+def live_beside(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, tuple[int, int]]:
+    """Per module (by name): ``(beside, kept)`` int8 bytes, by the liveness rules above: what is live
+    beside it while it runs, and how much of its input outlives it.
+
+    The rank search prices each layer's own working set; what else is live then (a residual
+    block's input, the other branch of a fork) does not depend on how the layer is factorised,
+    and an input that outlives the layer stays live through every step of a factorised one.
+    Adding both keeps the search's per-layer RAM bound at or above the profiled peak. Empty when
+    the model cannot be traced.
+    """
+    with eval_mode(model), torch.no_grad():
+        try:
+            return _fx_peak(model, _sample_input(model, (1, *input_size)), {})[2]
+        except Exception:  # noqa: BLE001 - untraceable: no correction (profile falls back to leaf-max too)
+            return {}
 
 
 def module_cost(module: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
@@ -574,16 +597,12 @@ def module_cost(module: nn.Module, input_shape: tuple[int, ...]) -> dict[str, fl
 
 def _traced_macs(module: nn.Module, shape: tuple[int, ...]) -> int:
     """MACs of one real forward pass (batch 1) summed over the leaf convs / linears."""
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
     rec = _Recorder(module)
     try:
-        with torch.no_grad():
+        with eval_mode(module), torch.no_grad():
             module(_sample_input(module, (1, *shape)))
     finally:
         rec.remove()
-        for m, flag in flags:
-            m.training = flag
     return sum(rec.macs(name) for name, m in rec.modules.items() if isinstance(m, _LAYER_TYPES))
 
 

@@ -28,3 +28,14 @@ def accuracy(model: nn.Module, data: str | Path, size: int, batch_size: int = 12
             acc.update(model(x), y)
     return acc.result()
 
+
+
+@torch.no_grad()
+def tensor_top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 128) -> float:
+    """Top-1 (fraction) of ``model`` on an in-memory batch (calibration or selection images), in eval mode."""
+    acc = TopK()
+    device = next(model.parameters()).device
+    with eval_mode(model):
+        for i in range(0, len(images), batch_size):
+            acc.update(model(images[i:i + batch_size].to(device)), labels[i:i + batch_size].to(device))
+    return acc.result()["top1"]

@@ -79,7 +79,7 @@ def test_the_stem_search_keeps_every_plan_within_all_four_budgets(resnet: torch.
     budgets = {"pico": parse_budget(st_budget_text("pico", 10))}
     (best, trials), = search_with_stems(resnet, images, labels, budgets, [None, {"width": 32, "proj": True}],
                                         select, estimator="mse").values()
-    assert best is not None and best.stem == {"width": 32, "proj": True}
+    assert best is not None and best.stem == {"width": 32, "proj": True}, [t.note for t in trials]
     limits = budgets["pico"].absolute
     assert all(best.cost[m] <= limits[m] for m in limits)
     base_trial = trials[0]  # the full-width stem cannot meet pico's peak RAM at 224 px

@@ -23,6 +23,7 @@ class Full(Factorisation):
     replaces = ()
     grouped = True
     folds_bn = True
+    input_conv = ""
 
     def check_module(self, module: nn.Module, spec: Mapping[str, Any]) -> None:
         """Any module may stay as it is."""

@@ -88,6 +88,7 @@ class Sparse(Factorisation):
     name = spec_type = "sparse"
     grouped = True
     builds = (MaskedConv2d,)
+    input_conv = ""
 
     def check_spec(self, spec: Mapping[str, Any]) -> None:
         check_density(spec)

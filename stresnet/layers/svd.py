@@ -87,6 +87,7 @@ class SVD(Factorisation):
     replaces = (nn.Conv2d, nn.Linear)
     builds = (LowRankConv2d, LowRankLinear)
     folds_bn = True
+    input_conv = "core"
 
     def check_spec(self, spec: Mapping[str, Any]) -> None:
         check_positive_ranks([spec.get("rank")])

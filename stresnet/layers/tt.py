@@ -51,6 +51,7 @@ class TT(Factorisation):
     name = spec_type = "tt"
     builds = (TTConv2d,)
     folds_bn = True
+    input_conv = "first"
 
     def check_spec(self, spec: Mapping[str, Any]) -> None:
         check_positive_ranks(check_tt_ranks(spec))

@@ -105,6 +105,7 @@ class Tucker2(Factorisation):
     builds = (Tucker2Conv2d,)
     folds_bn = True
     searchable = True
+    input_conv = "first"
 
     def check_spec(self, spec: Mapping[str, Any]) -> None:
         check_rank_list(spec, (2,), "[r_out, r_in]")

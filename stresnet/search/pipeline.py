@@ -50,6 +50,7 @@ class SearchSpace:
     seconds: float
     input_size: tuple[int, int, int]
     vbmf_ranks: dict[str, tuple[int, int]] = field(default_factory=dict)  # filled on first use
+    ram_beside: dict[str, tuple[int, int]] = field(default_factory=dict)  # per layer: cost.live_beside
 
     def size(self, plan: Plan, metric: str = "params") -> float:
         """Total ``metric`` of ``plan`` under this space's analytic cost rows."""
@@ -57,7 +58,10 @@ class SearchSpace:
         for name, shape in self.shapes.items():
             spec = plan.layers.get(name, {"type": "full"})
             cost = shape.cost(spec)
-            total = max(total, cost[metric]) if metric == "ram" else total + cost[metric]
+            if metric == "ram":
+                total = max(total, cost["ram"] + _ram_beside(self.ram_beside.get(name, (0, 0)), spec))
+            else:
+                total += cost[metric]
         return total
 
     def estimated_loss(self, plan: Plan) -> float:
@@ -93,7 +97,7 @@ def build_space(
     ``cost_size`` (``(C, H, W)``) prices the options at another resolution than the
     calibration images' (e.g. an MCU budget stated at 224 px while calibrating at 128).
     """
-    from ..cost import profile
+    from ..cost import live_beside, profile
 
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r} (expected one of {', '.join(ESTIMATORS)})")
@@ -114,11 +118,25 @@ def build_space(
                                            rank_grid(conv.in_channels, step), grads.get(name), scale)
         options[name] = layer_options(shapes[name], tables[name], tied=tied, step=step)
     input_size = tuple(cost_size) if cost_size is not None else tuple(images.shape[1:])
+    live = live_beside(model, input_size)
+    # live beside each layer (a residual input waiting for the add), and, once the layer is factorised,
+    # its input too if it outlives the layer (a bound: the input's first step counts it twice)
+    beside = {n: live.get(n, (0, 0)) for n in options}
+    for name, opts in options.items():
+        options[name] = [Option(o.spec, o.loss, {**o.cost, "ram": o.cost["ram"] + _ram_beside(beside[name], o.spec)})
+                         for o in opts]
     prof = profile(model, input_size)
     base_cost = {"params": prof.params, "flash": prof.flash_bytes, "macs": prof.macs, "ram": prof.peak_ram_bytes}
     fixed = {m: base_cost[m] - sum(s.full_cost()[m] for s in shapes.values()) for m in ("params", "flash", "macs")}
-    fixed["ram"] = 0.0  # peak RAM is bounded layer by layer (see options.py)
-    return SearchSpace(shapes, bases, tables, options, base_cost, fixed, step, time.perf_counter() - t0, input_size)
+    fixed["ram"] = 0.0  # peak RAM is bounded layer by layer: each option's own working set + what lives beside it
+    return SearchSpace(shapes, bases, tables, options, base_cost, fixed, step, time.perf_counter() - t0, input_size,
+                       ram_beside=beside)
+
+
+def _ram_beside(live: tuple[int, int], spec: Mapping) -> int:
+    """Bytes live beside a layer with ``spec`` (see :func:`stresnet.cost.live_beside`)."""
+    beside, kept = live
+    return beside + (kept if spec["type"] != "full" else 0)
 
 
 @torch.no_grad()

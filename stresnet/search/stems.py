@@ -18,10 +18,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from ..cost import profile
+from ..evaluate import tensor_top1
 from ..plan import Plan, compress
 from ..stem_init import narrowed_stem
 from .budgets import Budget
@@ -51,14 +51,6 @@ class StemTrial:
     def to_dict(self) -> dict:
         return {"stem": self.stem, "label": stem_label(self.stem), "cost": self.cost, "select_top1": self.top1,
                 "note": self.note, "seconds": self.seconds, "plan": self.plan.to_dict() if self.plan else None}
-
-
-@torch.no_grad()
-def _top1(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 128) -> float:
-    model.eval()
-    hits = sum(int((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
-               for i in range(0, len(images), batch_size))
-    return 100.0 * hits / len(images)
 
 
 def search_with_stems(
@@ -114,5 +106,5 @@ def _trial(net: nn.Module, space: Any, budget: Budget, surgery: dict, select: tu
         trial.note = "over budget when profiled: " + ", ".join(over)
         return trial
     trial.plan = plan
-    trial.top1 = _top1(model, *select)
+    trial.top1 = 100.0 * tensor_top1(model, *select)
     return trial

@@ -66,6 +66,7 @@ from torch import Tensor, nn
 
 from .. import decompose as dec
 from ..cost import _static, plan_params, prepared_for_plan as _prepared
+from ..evaluate import tensor_top1
 from ..layers import LowRankSparseConv2d, MaskedConv2d, registry
 from ..layers.common import topk_mask
 from ..plan import Plan, PlanError, compress
@@ -319,17 +320,6 @@ def dense_pruning_plan(model: nn.Module, target_params: int, base: Mapping[str, 
 # ----------------------------------------------------------------------------- split
 
 @torch.no_grad()
-def _top1(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int) -> float:
-    model.eval()
-    device = next(model.parameters()).device
-    correct = 0
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].to(device)
-        y = labels[i:i + batch_size].to(device)
-        correct += int((model(x).argmax(1) == y).sum())
-    return correct / max(len(images), 1)
-
-
 def tune_split(model: nn.Module, tucker_plan: Plan | Mapping[str, Any],
                fractions: Iterable[float] = DEFAULT_FRACTIONS, images: Tensor | None = None,
                labels: Tensor | None = None, *, batch_size: int = 64) -> dict:
@@ -360,7 +350,7 @@ def tune_split(model: nn.Module, tucker_plan: Plan | Mapping[str, Any],
     def score(p: Plan) -> float:
         m = compress(copy.deepcopy(model), Plan(layers=p.layers, surgery=plan.surgery), init="decompose",
                      bases=bases)
-        return _top1(m, images, labels, batch_size)
+        return tensor_top1(m, images, labels, batch_size)
 
     accuracies: dict[float, float] = {}
     plans: dict[float, Plan] = {}

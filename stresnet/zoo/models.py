@@ -22,6 +22,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from ..layers import registry
 from ..plan import Plan, PlanError, build
 
 HF_ORG = "stresnet"
@@ -89,19 +90,16 @@ def hub_id(name: str) -> str:
     return f"{HF_ORG}/{name}"
 
 
-# where timm's input adaptation (``in_chans`` != 3) acts in a factorised stem: the one conv that sees the input
-_FIRST_CONV = {"tucker2": "first", "tt": "first", "svd": "core"}
-
-
 def first_conv_name(plan: Plan) -> str:
     """The name of the stem's first real ``nn.Conv2d`` (timm's ``first_conv``) under ``plan``."""
     spec = plan.layers.get("conv1")
     if spec is None:
         return "conv1"
-    if spec["type"] not in _FIRST_CONV or "factors" in spec:
-        raise PlanError(f"zoo: a {spec['type']!r} stem has no single first conv "
-                        f"(a zoo stem is one of {', '.join(_FIRST_CONV)}, without factors)")
-    return f"conv1.{_FIRST_CONV[spec['type']]}"
+    inner = registry.for_spec(spec).input_conv  # where timm's in_chans adaptation must act
+    if inner is None:
+        single = ", ".join(f.name for f in registry.registered() if f.input_conv is not None)
+        raise PlanError(f"zoo: a {spec['type']!r} stem has no single first conv (a zoo stem is one of {single})")
+    return f"conv1.{inner}" if inner else "conv1"
 
 
 def _cfg(variant: str, tag: str, **kwargs: Any) -> dict:
