@@ -185,7 +185,8 @@ def test_baselines_on_resnet18_keep_sane_ranks_and_fill_their_budget(resnet_spac
     plan = baseline_plan(space, method, limit)
     size = space.size(plan)
     assert size <= limit
-    assert size >= 0.85 * limit, f"{method} at {ratio}x uses only {size / limit:.0%} of its budget"
+    # 0.8: uniform (one ratio) and VBMF on random weights (every VBMF rank 1) move all layers in one jump
+    assert size >= 0.8 * limit, f"{method} at {ratio}x uses only {size / limit:.0%} of its budget"
     assert plan.meta["rank_floor"] == RANK_FLOOR  # resnet18 fits 2x..16x without relaxing the floor
     assert "conv1" not in plan.layers  # the stem (3-channel input) stays full
     for name, spec in plan.layers.items():
