@@ -56,9 +56,9 @@ def split_indices(samples: Sequence[tuple[str, int]], per_class: int = SELECTION
     """THE selection split of a training ImageFolder (its ``samples``): indices ``fit``, ``selection``, ``excluded``.
 
     ``selection``: per class, the ``per_class`` files whose name has the smallest sha256 (deterministic, independent
-    of the listing order, the seed and the machine; a class with fewer files gives them all); every configuration
-    choice (estimator, grid step, route, ...) is scored on it, never on ``val``. ``excluded``: ``ILSVRC2012_val_*``
-    files. ``fit``: the rest, the only images calibration may draw. The three are disjoint and cover ``samples``.
+    of the listing order, the seed and the machine), at most half of the class (a small folder keeps images to
+    fit); every configuration choice (estimator, grid step, route, ...) is scored on it, never on ``val``.
+    ``excluded``: ``ILSVRC2012_val_*`` files. ``fit``: the rest, the only images calibration may draw. The three are disjoint and cover ``samples``.
     """
     if per_class < 0:
         raise ValueError(f"selection per_class must be >= 0, got {per_class}")
@@ -68,7 +68,7 @@ def split_indices(samples: Sequence[tuple[str, int]], per_class: int = SELECTION
         if not is_ilsvrc_val(path):
             by_class.setdefault(label, []).append(i)
     selection = sorted(i for idx in by_class.values()
-                       for i in sorted(idx, key=lambda i: _name_key(samples[i][0]))[:per_class])
+                       for i in sorted(idx, key=lambda i: _name_key(samples[i][0]))[:min(per_class, len(idx) // 2)])
     chosen = set(selection) | set(excluded)
     return {"fit": [i for i in range(len(samples)) if i not in chosen], "selection": selection, "excluded": excluded}
 

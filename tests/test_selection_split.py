@@ -38,6 +38,11 @@ def test_split_does_not_depend_on_listing_order():
     assert pick(samples) == pick(shuffled)
 
 
+def test_split_takes_at_most_half_of_a_small_class():
+    split = split_indices(_samples(per_class=6), per_class=100)
+    assert len(split["selection"]) == 3 * 3 and len(split["fit"]) == 3 * 3
+
+
 def test_split_rejects_a_negative_size():
     with pytest.raises(ValueError, match="per_class"):
         split_indices(_samples(), per_class=-1)
