@@ -58,7 +58,8 @@ def split_indices(samples: Sequence[tuple[str, int]], per_class: int = SELECTION
     ``selection``: per class, the ``per_class`` files whose name has the smallest sha256 (deterministic, independent
     of the listing order, the seed and the machine), at most half of the class (a small folder keeps images to
     fit); every configuration choice (estimator, grid step, route, ...) is scored on it, never on ``val``.
-    ``excluded``: ``ILSVRC2012_val_*`` files. ``fit``: the rest, the only images calibration may draw. The three are disjoint and cover ``samples``.
+    ``excluded``: ``ILSVRC2012_val_*`` files. ``fit``: the rest, the only images calibration may draw. The three
+    are disjoint and cover ``samples``.
     """
     if per_class < 0:
         raise ValueError(f"selection per_class must be >= 0, got {per_class}")
