@@ -426,7 +426,8 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--calib-images", type=int, default=256)
-    p.add_argument("--step", type=int, default=8, help="rank grid step")
+    p.add_argument("--step", type=int, default=16,
+                   help="rank grid step (16: chosen on the selection split, recipes/results/search_imagenette/selection.json)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
 

@@ -137,3 +137,71 @@ def test_scale_to_at_least_edges():
     assert scale_to_at_least(lambda k: k, lambda k: 3 * k, limit=1.5, lo=0.0, hi=10.0) == pytest.approx(0.5, abs=1e-9)
     with pytest.raises(ValueError, match="limit"):
         scale_to_at_least(lambda k: k, lambda k: k, limit=5, lo=0.0, hi=1.0)
+
+
+# --- baseline_rank and baselines built on a ResNet-18 ----------------------------
+
+@pytest.mark.parametrize(
+    ("rank", "dim", "step", "floor", "expected"),
+    [
+        (3.0, 64, 8, 1 / 8, 8),  # rounded up to the grid
+        (9.0, 64, 8, 1 / 8, 16),  # never below the criterion's rank
+        (1.0, 512, 8, 1 / 8, 64),  # the floor, relative to the mode
+        (1.0, 512, 16, 1 / 8, 64),
+        (1.0, 512, 8, 0.0, 8),  # no floor: one grid step
+        (1.0, 3, 8, 1 / 8, 3),  # an RGB input is never cut
+        (1.0, 16, 2, 1 / 8, 16),  # nor any mode of <= KEEP_MODE channels, at any grid
+        (100.0, 64, 8, 1 / 8, 64),  # clamped to the mode
+    ],
+)
+def test_baseline_rank(rank, dim, step, floor, expected):
+    from stresnet.search.baselines import baseline_rank
+
+    assert baseline_rank(rank, dim, step, floor) == expected
+
+
+@pytest.fixture(scope="module", params=[8, 16], ids=lambda s: f"step{s}")
+def resnet_space(request):
+    import timm
+    import torch
+
+    from stresnet.search.pipeline import build_space
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=10).eval()
+    return build_space(model, torch.randn(8, 3, 32, 32), estimator="mse", step=request.param, progress=False)
+
+
+@pytest.mark.parametrize("ratio", [2, 4, 8, 16])
+@pytest.mark.parametrize("method", ["uniform", "vbmf", "energy"])
+def test_baselines_on_resnet18_keep_sane_ranks_and_fill_their_budget(resnet_space, method, ratio):
+    import math
+
+    from stresnet.search.baselines import KEEP_MODE, RANK_FLOOR
+    from stresnet.search.pipeline import baseline_plan
+
+    space = resnet_space
+    limit = space.base_cost["params"] / ratio
+    plan = baseline_plan(space, method, limit)
+    size = space.size(plan)
+    assert size <= limit
+    # 0.8: uniform (one ratio) and VBMF on random weights (every VBMF rank 1) move all layers in one jump
+    assert size >= 0.8 * limit, f"{method} at {ratio}x uses only {size / limit:.0%} of its budget"
+    assert plan.meta["rank_floor"] == RANK_FLOOR  # resnet18 fits 2x..16x without relaxing the floor
+    assert "conv1" not in plan.layers  # the stem (3-channel input) stays full
+    for name, spec in plan.layers.items():
+        shape = space.shapes[name]
+        for r, dim in zip(spec["ranks"], (shape.c_out, shape.c_in)):
+            floor = dim if dim <= KEEP_MODE else max(space.step, math.ceil(RANK_FLOOR * dim))
+            assert floor <= r <= dim, f"{method} {ratio}x {name}: rank {r} of a {dim}-channel mode"
+            assert r == dim or r % space.step == 0
+
+
+def test_baseline_floor_relaxes_only_when_the_budget_needs_it(resnet_space):
+    from stresnet.search.baselines import RANK_FLOOR
+    from stresnet.search.pipeline import baseline_plan
+
+    limit = resnet_space.base_cost["params"] / 40
+    plan = baseline_plan(resnet_space, "uniform", limit)
+    assert resnet_space.size(plan) <= limit
+    assert plan.meta["rank_floor"] < RANK_FLOOR

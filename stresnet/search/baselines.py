@@ -4,6 +4,14 @@ Each picks ranks from one layer's spectrum alone (VBMF, energy threshold, a
 uniform ratio).  To compare them fairly with the searched plan they are scaled
 to the same budget with :func:`scale_to_budget`: a single knob (ratio, energy,
 multiplier on VBMF ranks) is bisected to the largest value whose plan fits.
+
+Every baseline rank goes through :func:`baseline_rank`, so that no grid makes a
+baseline degenerate: ranks are rounded *up* to the grid (never below what the
+criterion asks for), a mode of at most :data:`KEEP_MODE` channels (an RGB input)
+is never cut, and no mode is cut below ``floor`` (a fraction of its size,
+:data:`RANK_FLOOR`). Without the floor a global criterion starves the small,
+cheap early layers: at a step-8 grid the energy threshold that fits 8x cut the
+stem to ranks [8, 3] and the 64-channel convs to 16, and kept 43 % zero-shot.
 """
 
 from __future__ import annotations
@@ -14,7 +22,11 @@ from typing import Callable, TypeVar
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-__all__ = ["vbmf_rank", "energy_rank", "uniform_rank", "scale_to_budget", "scale_to_at_least"]
+__all__ = ["vbmf_rank", "energy_rank", "uniform_rank", "baseline_rank", "scale_to_budget", "scale_to_at_least",
+           "KEEP_MODE", "RANK_FLOOR"]
+
+KEEP_MODE = 16  # modes this small (an RGB input) are never cut: it would save almost nothing
+RANK_FLOOR = 1 / 8  # no baseline cuts a mode below this fraction of its size (relaxed only if a budget needs it)
 
 T = TypeVar("T")
 
@@ -103,6 +115,18 @@ def uniform_rank(dim: int, ratio: float, multiple: int = 1) -> int:
         raise ValueError(f"ratio must be >= 0, got {ratio}")
     r = int(math.floor(dim * ratio / multiple + 0.5)) * multiple
     return min(max(r, multiple), dim)
+
+
+def baseline_rank(rank: float, dim: int, step: int, floor: float = RANK_FLOOR) -> int:
+    """A baseline's rank for a mode of ``dim`` channels: ``rank`` (from its criterion) rounded up to the grid
+    (multiples of ``step``), at least ``floor * dim`` (also rounded up) and one grid step; ``dim`` when the mode
+    has at most :data:`KEEP_MODE` channels or no grid point below it."""
+    if dim < 1 or step < 1:
+        raise ValueError(f"dim and step must be >= 1, got dim={dim}, step={step}")
+    if dim <= max(KEEP_MODE, step):
+        return dim
+    want = max(float(rank), floor * dim)
+    return min(dim, max(step, int(math.ceil(want / step - 1e-9)) * step))
 
 
 def _ordered(lo: float, hi: float) -> None:

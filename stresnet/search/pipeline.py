@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
@@ -172,17 +171,19 @@ def searched_plan(space: SearchSpace, budget: Budget) -> Plan:
                                      "estimated_loss": total_loss(space.options, choice)})
 
 
-def _snap(rank: float, dim: int, step: int) -> int:
-    """Round a rank up to the search grid (multiples of ``step``, or the full mode)."""
-    return min(dim, max(step, int(math.ceil(rank / step - 1e-9)) * step)) if dim > step else dim
-
-
-def _ranks_plan(space: SearchSpace, ranks: Callable[[str, LayerShape], tuple[float, float]], method: str) -> Plan:
-    """A Tucker-2 plan from per-layer real ranks, snapped to the grid; layers that would not shrink stay full."""
+def _ranks_plan(space: SearchSpace, ranks: Callable[[str, LayerShape], tuple[float, float]], method: str,
+                floor: float = 0.0, keep_stem: bool = False) -> Plan:
+    """A Tucker-2 plan from per-layer real ranks, rounded up to the grid with :func:`baselines.baseline_rank`
+    (``floor``: fraction of each mode); layers that would not shrink stay full. ``keep_stem``: a conv whose input
+    mode is never cut (the stem reading the image) stays full: its Tucker-2 could only cut its output side, for
+    under 0.1 % of a ResNet's params, and the image-facing filters are where a cut hurts most."""
     layers = {}
     for name, shape in space.shapes.items():
+        if keep_stem and shape.c_in <= bl.KEEP_MODE:
+            continue
         a, b = ranks(name, shape)
-        r_out, r_in = _snap(a, shape.c_out, space.step), _snap(b, shape.c_in, space.step)
+        r_out = bl.baseline_rank(a, shape.c_out, space.step, floor)
+        r_in = bl.baseline_rank(b, shape.c_in, space.step, floor)
         spec = {"type": "tucker2", "ranks": [r_out, r_in]}
         if shape.cost(spec)["params"] < shape.full_cost()["params"]:
             layers[name] = spec
@@ -202,23 +203,37 @@ def _vbmf_ranks(space: SearchSpace) -> dict[str, tuple[int, int]]:
 
 def baseline_plan(space: SearchSpace, method: str, params_limit: float) -> Plan:
     """The ``method`` plan (uniform rank ratio, VBMF ranks x a factor, energy threshold) with the most
-    parameters that still fit ``params_limit``: baselines are compared at equal or fewer params."""
+    parameters that still fit ``params_limit``: baselines are compared at equal or fewer params.
+
+    Every baseline is built the same sensible way at any grid (:func:`_ranks_plan`): the stem stays full,
+    no mode goes below :data:`baselines.RANK_FLOOR` of its size; the floor is halved (down to none) only when
+    a budget is too small for it, and the floor used is recorded in ``meta["rank_floor"]``.
+    """
     if method == "uniform":
-        make = lambda k: _ranks_plan(space, lambda n, s: (s.c_out * k, s.c_in * k), "uniform")
+        ranks = lambda k: lambda n, s: (s.c_out * k, s.c_in * k)
         lo, hi = 1e-3, 1.0
     elif method == "energy":
-        def make(k: float) -> Plan:
-            ranks = lambda n, s: (bl.energy_rank(space.bases[n].s_out.numpy(), k),
-                                  bl.energy_rank(space.bases[n].s_in.numpy(), k))
-            return _ranks_plan(space, ranks, "energy")
+        ranks = lambda k: lambda n, s: (bl.energy_rank(space.bases[n].s_out.numpy(), k),
+                                        bl.energy_rank(space.bases[n].s_in.numpy(), k))
         lo, hi = 1e-4, 1.0
     elif method == "vbmf":
         vb = _vbmf_ranks(space)
-        make = lambda k: _ranks_plan(space, lambda n, s: (vb[n][0] * k, vb[n][1] * k), "vbmf")
-        lo, hi = 1e-3, 64.0
+        ranks = lambda k: lambda n, s: (vb[n][0] * k, vb[n][1] * k)
+        # up to the factor that makes every mode full, so that tiny VBMF ranks (a noisy layer) can still fill a budget
+        lo, hi = 1e-3, float(max(max(s.c_out, s.c_in) for s in space.shapes.values()))
     else:
         raise ValueError(f"unknown baseline {method!r} (expected one of {', '.join(BASELINES)})")
-    plan = bl.scale_to_budget(make, space.size, params_limit, lo, hi)
+    floor = bl.RANK_FLOOR
+    while True:
+        make = lambda k: _ranks_plan(space, ranks(k), method, floor=floor, keep_stem=True)
+        try:
+            plan = bl.scale_to_budget(make, space.size, params_limit, lo, hi)
+            break
+        except ValueError:
+            if floor == 0.0:
+                raise
+            floor = floor / 2 if floor > bl.RANK_FLOOR / 8 else 0.0
+    plan.meta["rank_floor"] = floor
     plan.meta["estimated_loss"] = space.estimated_loss(plan)
     return plan
 

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-from ..data import calibration_images
+from ..data import SELECTION_PER_CLASS, calibration_images, selection_images
 from ..plan import Plan, compress
 from ..resolve import model_from_name
 from .budgets import parse_budget
@@ -16,9 +16,26 @@ from .pipeline import BASELINES, build_space, run_search
 from .report import write_search
 
 
+STEP = 16  # default rank-grid step: chosen on the selection split (recipes/results/search_imagenette/selection.json)
+ESTIMATOR = "fisher"  # default estimator: chosen there too
+
+
 def _split(data: Path, name: str) -> Path:
     """``DATA/name`` when DATA holds splits, else DATA itself."""
     return data / name if (data / name).is_dir() else data
+
+
+@torch.no_grad()
+def top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 250) -> dict:
+    """Zero-shot top-1 on images already in memory (the selection split is decoded once for every plan)."""
+    was_training = model.training
+    model.eval()
+    try:
+        correct = sum((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum().item()
+                      for i in range(0, len(images), batch_size))
+    finally:
+        model.train(was_training)
+    return {"top1": correct / max(len(images), 1), "images": len(images)}
 
 
 def search_and_write(
@@ -30,15 +47,19 @@ def search_and_write(
     num_classes: int | None = None,
     size: int = 128,
     calib: int = 256,
-    step: int = 8,
+    step: int = STEP,
     tied: bool = False,
     baselines: Sequence[str] = BASELINES,
-    estimator: str = "fisher",
+    estimator: str = ESTIMATOR,
     evaluate: bool = False,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
-    """Run the whole search; with ``evaluate`` also measure every plan's zero-shot top-1 on ``DATA/val``."""
+    """Run the whole search; with ``evaluate`` also measure every plan's zero-shot top-1 on the selection split
+    of ``DATA/train`` (``selection_top1``, what choices are made on) and on ``DATA/val`` (``top1``, reported only).
+
+    Calibration images come from the ``fit`` part of ``DATA/train`` (see :func:`stresnet.data.split_indices`).
+    """
     parsed = [parse_budget(b) for b in budgets]  # fail on a bad budget before any work
     torch.manual_seed(seed)
     net = model_from_name(model, num_classes=num_classes, checkpoint=checkpoint)
@@ -49,18 +70,26 @@ def search_and_write(
     result = run_search(space, parsed, baselines)
     measured: dict[str, dict[str, dict]] = {}
     extra: dict = {"estimator": estimator,
-                   "calibration": {"images": len(images), "size": size, "seed": seed, "seconds": t_calib},
+                   "calibration": {"images": len(images), "size": size, "seed": seed, "seconds": t_calib,
+                                   "source": "train/ fit part (no selection split, no ILSVRC2012_val_*)"},
                    "checkpoint": str(checkpoint) if checkpoint else None}
     if evaluate:
         from ..evaluate import accuracy
 
+        t0 = time.perf_counter()
         val = _split(data, "val")
+        sel_x, sel_y = selection_images(_split(data, "train"), size)
+        extra["selection"] = {"images": len(sel_x), "per_class": SELECTION_PER_CLASS,
+                              "source": "train/, stresnet.data.split_indices"}
         extra["base_top1"] = accuracy(net, val, size, progress=progress)["top1"]
+        extra["base_selection_top1"] = top1(net, sel_x, sel_y)["top1"]
         for label, plan in result.plans.items():
             measured[label] = {}
             for method, p in {"searched": plan, **result.baselines[label]}.items():
                 compressed = compress(copy.deepcopy(net), Plan(layers=p.layers), bases=space.bases)
-                measured[label][method] = accuracy(compressed, val, size, progress=progress)
+                measured[label][method] = {**accuracy(compressed, val, size, progress=progress),
+                                           "selection_top1": top1(compressed, sel_x, sel_y)["top1"]}
+        extra["eval_seconds"] = time.perf_counter() - t0
     base = {"arch": model, **({"num_classes": num_classes} if num_classes else {})}
     return write_search(result, out, base, measured, extra)
 
@@ -75,14 +104,14 @@ def check_estimator(
     n_plans: int = 20,
     size: int = 128,
     calib: int = 256,
-    step: int = 8,
+    step: int = STEP,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
-    """Score every estimator against measured zero-shot top-1 of ``n_plans`` random plans at ``budget``."""
+    """Score every estimator against measured zero-shot top-1 of ``n_plans`` random plans at ``budget``, measured
+    on the selection split of ``DATA/train`` (a configuration choice: never on ``val``)."""
     import json
 
-    from ..evaluate import accuracy
     from .validate import estimator_correlation
 
     parsed = parse_budget(budget)
@@ -90,12 +119,13 @@ def check_estimator(
     images, labels = calibration_images(_split(data, "train"), calib, size, seed=seed)
     space = build_space(net, images, labels, estimator="mse", step=step, progress=progress)
     fisher = build_space(net, images, labels, estimator="fisher", step=step, progress=progress)
-    val = _split(data, "val")
+    sel_x, sel_y = selection_images(_split(data, "train"), size)
     limit = parsed.limits(space.base_cost)["params"]
-    result = estimator_correlation(space, net, lambda m: accuracy(m, val, size, progress=progress)["top1"],
+    result = estimator_correlation(space, net, lambda m: top1(m, sel_x, sel_y)["top1"],
                                    limit, n_plans=n_plans, seed=seed, fisher=fisher)
-    result.update(budget=budget, model=model, checkpoint=str(checkpoint) if checkpoint else None,
-                  calibration={"images": len(images), "size": size, "seed": seed})
+    result.update(budget=budget, model=model, checkpoint=str(checkpoint) if checkpoint else None, step=step,
+                  calibration={"images": len(images), "size": size, "seed": seed},
+                  measured_on={"split": "selection", "images": len(sel_x), "per_class": SELECTION_PER_CLASS})
     out.mkdir(parents=True, exist_ok=True)
     (out / "estimator_check.json").write_text(json.dumps(result, indent=1) + "\n")
     return result

@@ -33,7 +33,7 @@ def random_plan(space: SearchSpace, params_limit: float, seed: int) -> Plan:
 
     def make(k: float) -> Plan:
         return _ranks_plan(space, lambda n, s: (s.c_out * min(1.0, k * weights[n]), s.c_in * min(1.0, k * weights[n])),
-                           f"random-{seed}")
+                           f"random-{seed}", floor=0.0)
 
     return bl.scale_to_budget(make, space.size, params_limit, 1e-3, 1.0 / 0.05)
 
