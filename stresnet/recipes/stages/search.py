@@ -10,14 +10,14 @@ from .common import ClassifyRun, State, require
 
 def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     """CompressNAS: estimator tables + ILP at ``budget``; sets the plan."""
-    from ...search.run import search_and_write
+    from ...search.run import ESTIMATOR, STEP, search_and_write
 
     require(state, "dense", "search")
     budget = str(p.get("budget", "8x"))
     report = search_and_write(run.base["model"], Path(state.weights) if state.weights else None, run.data, [budget],
                               out, num_classes=run.base.get("num_classes"), size=run.input_size,
-                              calib=int(p.get("calib", 256)), step=int(p.get("step", 8)),
-                              estimator=str(p.get("estimator", "fisher")), seed=int(p.get("seed", 0)),
+                              calib=int(p.get("calib", 256)), step=int(p.get("step", STEP)),
+                              estimator=str(p.get("estimator", ESTIMATOR)), seed=int(p.get("seed", 0)),
                               progress=run.progress)
     row = next(iter(report["budgets"].values()))
     state.plan = str(out / f"plan_{next(iter(report['budgets']))}.json")
@@ -65,7 +65,7 @@ def plan(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
 def lrs_plan(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     """An LR+S (``method: lrs``) or magnitude-pruning (``method: prune``) plan with the current (Tucker-2) plan's
     total params (``over: base``: prune every conv of the unmodified base instead of the plan's convs)."""
-    from ...data import calibration_images
+    from ...data import selection_images
     from ...plan import Plan
     from ...train import sparsity
 
@@ -79,9 +79,8 @@ def lrs_plan(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     if method == "lrs":
         if "fraction" in p:
             fraction = float(p["fraction"])
-        else:  # tune the split on held-out TRAIN images (never val)
-            images, labels = calibration_images(run.split("train"), int(p.get("calib", 512)), run.input_size,
-                                                seed=int(p.get("seed", 1)))
+        else:  # tune the split on the selection split carved from train/ (never val)
+            images, labels = selection_images(run.split("train"), run.input_size)
             fractions = tuple(p.get("fractions", (0.1, 0.25, 0.4, 0.55)))
             tuned = sparsity.tune_split(model, tucker, fractions, images, labels)
             result["tuning"] = tuned
