@@ -361,6 +361,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     import timm
 
     from .plan import load_weights
+    from .recipes.config import weights_registry_out
     from .zoo.hub import publish_run, push
 
     results = json.loads(Path(args.results).read_text()) if args.results else {}
@@ -370,7 +371,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     model = timm.create_model(arch, num_classes=results.get("config", {}).get("base", {}).get("num_classes", 1000))
     load_weights(model, args.weights)
     record = publish_run(model, args.name, args.out, results["final"], results.get("command", str(args.results)),
-                         register_weights=not args.no_register, install_cache=not args.no_install)
+                         registry=None if args.no_register else weights_registry_out(),
+                         install_cache=not args.no_install)
     print(f"published {args.name} to {record['folder']} (sha256 {record['sha256'][:12]}...)")
     if args.push:
         if not args.repo_id:

@@ -95,7 +95,7 @@ def published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     torch.manual_seed(0)
     model = timm.create_model("stresnet_pico", num_classes=10).eval()
     record = publish(model, "stresnet_pico.imagenette", tmp_path / "pub", {"top1": 0.5}, "recipes/x.yaml")
-    register("stresnet_pico.imagenette", record)
+    register("stresnet_pico.imagenette", record, registry)
     snapshot = install_to_cache(tmp_path / "pub", record["hf_hub_id"], cache)
     yield model, snapshot, cache, registry
     models.weights_registry.cache_clear()
@@ -217,4 +217,4 @@ def test_publish_rejects_unknown_names(tmp_path: Path) -> None:
 
     with pytest.raises(PlanError, match="stresnet18_3x.imagenette"):
         publish_run(timm.create_model("resnet18", num_classes=10), "stresnet18_3x.imagenette", tmp_path, {},
-                    "x", register_weights=False, install_cache=False)
+                    "x", registry=None, install_cache=False)

@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-__all__ = ["RECIPE_FORMAT", "RecipeError", "shared_dir", "read_recipe", "check_header", "stage_list", "input_path"]
+__all__ = ["RECIPE_FORMAT", "RecipeError", "shared_dir", "weights_registry_out", "read_recipe", "check_header", "stage_list", "input_path"]
 
 RECIPE_FORMAT = "stresnet-recipe/1"
 
@@ -24,6 +24,17 @@ def shared_dir() -> Path:
     """``$STRESNET_SHARED``, else ``../shared`` of the current folder (recipes are run from the repo root)."""
     env = os.environ.get("STRESNET_SHARED")
     return Path(env) if env else Path.cwd().parent / "shared"
+
+
+def weights_registry_out() -> Path:
+    """Where ``publish`` records weights: ``$STRESNET_WEIGHTS_REGISTRY``, else the checkout's
+    ``stresnet/zoo/weights.json`` when run from a stresnet checkout (the maintainers' workflow: the
+    registry ships with the package), else ``./weights.json``; never inside an installed package."""
+    env = os.environ.get("STRESNET_WEIGHTS_REGISTRY")
+    if env:
+        return Path(env)
+    checkout = Path("stresnet/zoo/weights.json")
+    return checkout if checkout.is_file() else Path("weights.json")
 
 
 def input_path(path: str | Path) -> Path:

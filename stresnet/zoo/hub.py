@@ -22,7 +22,7 @@ from torch import nn
 
 from ..plan import Plan, PlanError, plan_of
 from ..utils.io import atomic_write, atomic_write_bytes
-from .models import WEIGHTS_FILENAME, default_cfgs, hub_id, registry_path, sha256_of
+from .models import WEIGHTS_FILENAME, default_cfgs, hub_id, sha256_of
 
 
 
@@ -71,13 +71,12 @@ def publish(
     return record
 
 
-def register(name: str, record: Mapping[str, Any], registry: Path | None = None) -> None:
-    """Record a published file's sha256 and metrics in the package's ``weights.json`` (sorted, stable).
+def register(name: str, record: Mapping[str, Any], registry: Path) -> None:
+    """Record a published file's sha256 and metrics in the ``weights.json`` at ``registry`` (sorted, stable).
 
     timm lists a tag as pretrained from the registry read at import; a tag registered
     later in this process still loads (``pretrained=True`` consults the live registry).
     """
-    registry = registry or registry_path()
     data = json.loads(registry.read_text()) if registry.is_file() else {}
     data[name] = dict(record)
     atomic_write_bytes(registry, (json.dumps(dict(sorted(data.items())), indent=2) + "\n").encode())
@@ -130,8 +129,9 @@ def push(folder: Path, repo_id: str, private: bool = False) -> str:
 
 
 def publish_run(model: nn.Module, name: str, out_root: Path, metrics: Mapping[str, Any], recipe: str,
-                register_weights: bool = True, install_cache: bool = True, cache_dir: Path | None = None) -> dict:
-    """Publish a recipe's final model as ``arch.tag``: folder + card, sha256 registry, local Hub cache.
+                registry: Path | None = None, install_cache: bool = True, cache_dir: Path | None = None) -> dict:
+    """Publish a recipe's final model as ``arch.tag``: folder + card, sha256 ``registry`` (None: not
+    recorded), local Hub cache.
 
     ``metrics`` is the recipe's final eval row (measured top-1, params, ...); the
     card quotes exactly these numbers and ``recipe`` (the command that made them).
@@ -151,8 +151,8 @@ def publish_run(model: nn.Module, name: str, out_root: Path, metrics: Mapping[st
     record = publish(model, name, folder, metrics, recipe)
     prof = {**profile(model, cfg.input_size).to_dict(), "input_size": list(cfg.input_size)}
     atomic_write_bytes(folder / "README.md", model_card(name, prof, record).encode())
-    if register_weights:
-        register(name, record)
+    if registry is not None:
+        register(name, record, registry)
     result = {"name": name, "folder": str(folder), **record}
     if install_cache:
         result["cache_snapshot"] = str(install_to_cache(folder, record["hf_hub_id"], cache_dir))

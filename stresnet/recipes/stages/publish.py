@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import RecipeError
+from ..config import RecipeError, weights_registry_out
 from .common import ClassifyRun, State
 
 
@@ -19,7 +19,7 @@ def publish(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
         raise RecipeError("stage publish: needs an 'eval' stage before it (the card quotes measured numbers)")
     model = run.model(state)
     return publish_run(model, p["name"], out, metrics, run.results["command"],
-                       register_weights=bool(p.get("register", True)),
+                       registry=weights_registry_out() if p.get("register", True) else None,
                        install_cache=bool(p.get("install_cache", True)))
 
 
