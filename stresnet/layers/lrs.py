@@ -14,7 +14,7 @@ from .. import decompose as dec
 from .common import conv_geometry, empty_geometry, topk_mask
 from .registry import Cost, Factorisation, LayerGeometry, check_density, check_rank_list, register
 from .sparse import MaskedConv2d, csr_cost
-from .tucker2 import Tucker2Conv2d, three_conv_cost
+from .tucker2 import ChannelModeRanks, Tucker2Conv2d, three_conv_cost
 
 
 class LowRankSparseConv2d(nn.Module):
@@ -62,19 +62,13 @@ class LowRankSparseConv2d(nn.Module):
         return layer
 
 
-class LowRankSparse(Factorisation):
+class LowRankSparse(ChannelModeRanks, Factorisation):
     name = spec_type = "lrs"
     builds = (LowRankSparseConv2d,)
 
     def check_spec(self, spec: Mapping[str, Any]) -> None:
         check_rank_list(spec, (2,), "[r_out, r_in]")
         check_density(spec)
-
-    def ranks(self, spec: Mapping[str, Any]) -> list[int]:
-        return list(spec["ranks"])
-
-    def rank_limits(self, module: nn.Module, spec: Mapping[str, Any]) -> list[tuple[str, int]]:
-        return [("r_out", module.out_channels), ("r_in", module.in_channels)]
 
     def build(self, module: nn.Module, spec: Mapping[str, Any], init: str = "decompose",
               bases: dec.ModeBases | None = None) -> nn.Module:

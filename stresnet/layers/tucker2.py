@@ -100,7 +100,18 @@ def rank_pairs(g: LayerGeometry, in_grid: Sequence[int], tied: bool, step: int) 
     return [(a, b) for a in out_grid for b in in_grid]
 
 
-class Tucker2(Factorisation):
+class ChannelModeRanks:
+    """Ranks ``[r_out, r_in]`` of the kernel's two channel modes, bounded by ``C_out`` and ``C_in``
+    (Tucker-2 and the Tucker-2 part of low-rank + sparse)."""
+
+    def ranks(self, spec: Mapping[str, Any]) -> list[int]:
+        return list(spec["ranks"])
+
+    def rank_limits(self, module: nn.Module, spec: Mapping[str, Any]) -> list[tuple[str, int]]:
+        return [("r_out", module.out_channels), ("r_in", module.in_channels)]
+
+
+class Tucker2(ChannelModeRanks, Factorisation):
     name = spec_type = "tucker2"
     builds = (Tucker2Conv2d,)
     folds_bn = True
@@ -109,12 +120,6 @@ class Tucker2(Factorisation):
 
     def check_spec(self, spec: Mapping[str, Any]) -> None:
         check_rank_list(spec, (2,), "[r_out, r_in]")
-
-    def ranks(self, spec: Mapping[str, Any]) -> list[int]:
-        return list(spec["ranks"])
-
-    def rank_limits(self, module: nn.Module, spec: Mapping[str, Any]) -> list[tuple[str, int]]:
-        return [("r_out", module.out_channels), ("r_in", module.in_channels)]
 
     def build(self, module: nn.Module, spec: Mapping[str, Any], init: str = "decompose",
               bases: dec.ModeBases | None = None) -> nn.Module:
