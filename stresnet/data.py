@@ -69,7 +69,7 @@ def _imagenette(src: DataSplit, transform: Callable | None) -> Dataset:
     try:
         return Imagenette(src.root, split=split, size=IMAGENETTE_SIZES[stem], download=src.download,
                           transform=transform)
-    except (RuntimeError, ValueError) as e:  # "Dataset not found. You can use download=True ..."
+    except (RuntimeError, ValueError, OSError) as e:  # "Dataset not found ...", a failed download, no split
         hint = "" if src.download else " (set dataset_download: true to download it)"
         raise DataError(f"dataset {src}: {str(e).splitlines()[0]}{hint}") from None
 
