@@ -74,6 +74,20 @@ def _imagenette(src: DataSplit, transform: Callable | None) -> Dataset:
         raise DataError(f"dataset {src}: {str(e).splitlines()[0]}{hint}") from None
 
 
+def _is_imagenette(src: DataSplit) -> bool:
+    prefix, _, stem = src.name.partition("/")
+    return prefix.lower() == "torch" and stem.lower() in IMAGENETTE_SIZES
+
+
+def imagenette_folder(src: DataSplit) -> Path | None:
+    """The folder torchvision's Imagenette of ``src`` lives in (``<root>/imagenette2-160``, an ImageFolder root
+    with ``train/`` and ``val/``), downloading it first when ``src.download``; None for other specs."""
+    if not _is_imagenette(src):
+        return None
+    _imagenette(src, None)
+    return Path(src.root) / src.name.partition("/")[2].lower()
+
+
 def create_dataset(source: str | Path | DataSplit, transform: Callable | None = None) -> Dataset:
     """THE dataset of one split: a folder path -> torchvision ``ImageFolder`` (class index = sorted folder names;
     the same samples in the same order as ever); a :class:`DataSplit` -> torchvision's Imagenette for
@@ -86,7 +100,7 @@ def create_dataset(source: str | Path | DataSplit, transform: Callable | None = 
         if not root.is_dir():
             raise DataError(f"data folder {root}: not found")
         return datasets.ImageFolder(str(root), transform)
-    if source.name.partition("/")[2].lower() in IMAGENETTE_SIZES and source.name.lower().startswith("torch/"):
+    if _is_imagenette(source):
         return _imagenette(source, transform)
     from timm.data import create_dataset as timm_dataset
 

@@ -84,7 +84,7 @@ def test_torchvision_imagenette_layout_loads_offline(imagenette, monkeypatch):
     ds = create_dataset(data_split("torch/imagenette2-160", "val", root=imagenette))
     assert type(ds).__name__ == "Imagenette" and len(ds) == 4
     same = datasets.ImageFolder(str(imagenette / "imagenette2-160" / "val"))
-    assert [s for s in ds._samples] == same.samples  # the shared imagenette2-160 folder, read either way
+    assert ds._samples == same.samples  # the shared imagenette2-160 folder, read either way
     x, y = selection_images(data_split("torch/imagenette2-160", "train", root=imagenette), 8, per_class=1)
     assert x.shape == (2, 3, 8, 8) and y.tolist() == [0, 1]
 
@@ -130,7 +130,8 @@ class _Stream(IterableDataset):
 def test_selection_needs_file_names_and_training_a_map_style_dataset(monkeypatch):
     from stresnet.train.data import TrainLoader
 
-    monkeypatch.setattr("timm.data.create_dataset", lambda name, **k: _Table() if name.startswith("hfds") else _Stream())
+    monkeypatch.setattr("timm.data.create_dataset",
+                        lambda name, **k: _Table() if name.startswith("hfds") else _Stream())
     with pytest.raises(DataError, match=r"hfds/t\[train\]: the selection split and calibration need file names"):
         selection_images(data_split("hfds/t", "train"), 8)
     with pytest.raises(DataError, match=r"wds/s\[train\]: training needs a map-style dataset"):
@@ -152,3 +153,14 @@ def test_recipe_split_names_the_download_and_checks_its_flag(folder, tmp_path):
     assert spec == DataSplit("torch/imagenette2-160", "validation", "/d", True)
     with pytest.raises(RecipeError, match="dataset_download must be true or false"):
         run(data="hfds/x", dataset_download="yes").split("train")
+
+
+def test_the_search_folder_of_imagenette_and_of_other_specs(imagenette, tmp_path):
+    from stresnet.recipes.config import RecipeError
+    from stresnet.recipes.stages.common import ClassifyRun
+
+    run = ClassifyRun({"_path": "r.yaml", "data": "torch/imagenette2-160", "data_dir": str(imagenette)}, tmp_path,
+                      tmp_path / "results.json")
+    assert run.data == imagenette / "imagenette2-160"
+    with pytest.raises(RecipeError, match="data hfds/x is a dataset spec; the search stage reads a folder"):
+        ClassifyRun({"_path": "r.yaml", "data": "hfds/x"}, tmp_path, tmp_path / "results.json").data

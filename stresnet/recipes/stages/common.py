@@ -31,7 +31,19 @@ class ClassifyRun(Run):
 
     @property
     def data(self) -> Path:
-        return Path(self.recipe["data"])
+        """The data *folder* (the search reads ``<data>/train``, ``<data>/val``): the recipe's folder, or the one
+        torchvision's Imagenette lives in (``<data_dir>/imagenette2-160``, downloaded first when the recipe asks).
+        Other dataset specs have no folder: one line."""
+        from ...data import imagenette_folder, is_spec
+
+        data = self.recipe["data"]
+        if not is_spec(data):
+            return Path(data)
+        folder = imagenette_folder(self.split("train"))
+        if folder is None:
+            raise RecipeError(f"recipe {self.recipe['_path']}: data {data} is a dataset spec; the search stage "
+                              f"reads a folder (data: PATH with train/ and val/, or torch/imagenette2-160)")
+        return folder
 
     @property
     def input_size(self) -> int:
