@@ -1,4 +1,4 @@
-"""Top-1 / top-5 accuracy of a model on an ImageFolder split."""
+"""Top-1 / top-5 accuracy of a model on one data split (a folder or a timm dataset spec split)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,15 +7,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .data import eval_loader
+from .data import DataSplit, eval_loader
 from .utils.metrics import TopK
 from .utils.modes import eval_mode
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, data: str | Path, size: int, batch_size: int = 128, progress: bool = False,
+def accuracy(model: nn.Module, data: str | Path | DataSplit, size: int, batch_size: int = 128, progress: bool = False,
              limit: int | None = None) -> dict[str, float]:
-    """Top-1 and top-5 (fractions) of ``model`` on ``data`` (ImageFolder, eval transform at ``size``).
+    """Top-1 and top-5 (fractions) of ``model`` on ``data`` (a folder or a :class:`~stresnet.data.DataSplit`,
+    eval transform at ``size``).
 
     ``limit`` evaluates only the first ``limit`` batches (for quick checks).
     """

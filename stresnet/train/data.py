@@ -1,4 +1,8 @@
-"""Training and validation loaders over an ImageFolder, deterministic and DDP-aware.
+"""Training and validation loaders over a folder or a timm dataset spec, deterministic and DDP-aware.
+
+Data: whatever :func:`stresnet.data.create_dataset` opens (``<folder>/<split>`` ImageFolder, or a
+:class:`~stresnet.data.DataSplit`); training needs a map-style dataset (streaming ``wds`` / ``tfds`` / ``hfids``
+cannot be sampled per index, so they are refused with one line), evaluation takes either.
 
 Determinism: the *order* of samples in an epoch comes from a
 :class:`~torch.utils.data.DistributedSampler` seeded with ``seed`` and
@@ -19,9 +23,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Subset
 
-from ..data import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from ..data import IMAGENET_MEAN, IMAGENET_STD, DataSplit, create_dataset, eval_transform, map_style
 from ..utils.distributed import dist_info
 
 __all__ = ["train_transform", "eval_transform", "SeededAugment", "TrainLoader", "train_loader",
@@ -84,15 +88,6 @@ def seed_worker(worker_id: int) -> None:
     random.seed(s)
 
 
-def _image_folder(root: str | Path, transform: Callable | None = None):
-    from torchvision import datasets
-
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data folder {root}: not found")
-    return datasets.ImageFolder(str(root), transform)
-
-
 class TrainLoader:
     """Builds one epoch's :class:`DataLoader` at a time: ``for x, y in train.epoch(e)``.
 
@@ -100,17 +95,17 @@ class TrainLoader:
     BatchNorm sees a batch of one and every rank does the same number of steps).
     """
 
-    def __init__(self, root: str | Path, input_size: int, batch_size: int, seed: int = 0, workers: int = 1,
+    def __init__(self, root: str | Path | DataSplit, input_size: int, batch_size: int, seed: int = 0, workers: int = 1,
                  scale: tuple[float, float] = (0.35, 1.0), pin_memory: bool = False):
-        self.folder = _image_folder(root)
-        self.classes = self.folder.classes
+        self.folder = map_style(create_dataset(root), root, "training")
+        self.classes = getattr(self.folder, "classes", None)
         self.dataset = SeededAugment(self.folder, train_transform(input_size, scale=scale), seed)
         self.rank, self.world = dist_info()
         self.sampler = DistributedSampler(self.dataset, num_replicas=self.world, rank=self.rank, shuffle=True,
                                           seed=seed, drop_last=False)
         self.batch_size, self.seed, self.workers, self.pin_memory = batch_size, seed, workers, pin_memory
         if len(self) == 0:
-            raise ValueError(f"train folder {root}: {len(self.folder)} images is less than one batch "
+            raise ValueError(f"training data {root}: {len(self.folder)} images is less than one batch "
                              f"({batch_size} per process x {self.world} processes)")
 
     def __len__(self) -> int:
@@ -126,18 +121,18 @@ class TrainLoader:
                           pin_memory=self.pin_memory)
 
 
-def train_loader(root: str | Path, input_size: int, batch_size: int, seed: int = 0, workers: int = 1,
+def train_loader(root: str | Path | DataSplit, input_size: int, batch_size: int, seed: int = 0, workers: int = 1,
                  **kwargs) -> TrainLoader:
     return TrainLoader(root, input_size, batch_size, seed=seed, workers=workers, **kwargs)
 
 
-def val_loader(root: str | Path, input_size: int, batch_size: int, workers: int = 1,
+def val_loader(root: str | Path | DataSplit, input_size: int, batch_size: int, workers: int = 1,
                pin_memory: bool = False) -> DataLoader:
     """Eval loader (Resize(size/0.875) + CenterCrop); under DDP rank ``r`` gets images ``r::world`` (no padding,
     so summing correct counts over ranks gives the exact single-process accuracy)."""
-    ds = _image_folder(root, eval_transform(input_size))
+    ds = create_dataset(root, eval_transform(input_size))
     rank, world = dist_info()
-    if world > 1:
+    if world > 1 and not isinstance(ds, IterableDataset):  # timm's streaming readers shard by rank themselves
         ds = Subset(ds, list(range(rank, len(ds), world)))
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, worker_init_fn=seed_worker,
                       pin_memory=pin_memory)

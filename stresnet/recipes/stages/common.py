@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
+from ...data import DataSplit
 from ..config import RecipeError
 from ..runner import Run, StageState
 
@@ -30,7 +31,19 @@ class ClassifyRun(Run):
 
     @property
     def data(self) -> Path:
-        return Path(self.recipe["data"])
+        """The data *folder* (the search reads ``<data>/train``, ``<data>/val``): the recipe's folder, or the one
+        torchvision's Imagenette lives in (``<data_dir>/imagenette2-160``, downloaded first when the recipe asks).
+        Other dataset specs have no folder: one line."""
+        from ...data import imagenette_folder, is_spec
+
+        data = self.recipe["data"]
+        if not is_spec(data):
+            return Path(data)
+        folder = imagenette_folder(self.split("train"))
+        if folder is None:
+            raise RecipeError(f"recipe {self.recipe['_path']}: data {data} is a dataset spec; the search stage "
+                              f"reads a folder (data: PATH with train/ and val/, or torch/imagenette2-160)")
+        return folder
 
     @property
     def input_size(self) -> int:
@@ -40,12 +53,22 @@ class ClassifyRun(Run):
     def base(self) -> dict:
         return self.recipe["base"]
 
-    def split(self, name: str) -> Path:
-        path = self.data / name
-        if not path.is_dir():
-            raise RecipeError(f"recipe {self.recipe['_path']}: data split {path} does not exist "
-                              f"(set another root with --set data=PATH)")
-        return path
+    def split(self, name: str) -> Path | DataSplit:
+        """``<data>/<name>`` for a folder; for a timm dataset spec (``data: hfds/imagenet-1k``,
+        ``torch/imagenette2-160``), its split with the recipe's ``data_dir`` (timm's ``--data-dir``) and
+        ``dataset_download`` (timm's ``--dataset-download``; off unless the recipe asks)."""
+        from ...data import data_split
+
+        where = f"recipe {self.recipe['_path']}"
+        download = self.recipe.get("dataset_download", False)
+        if not isinstance(download, bool):
+            raise RecipeError(f"{where}: dataset_download must be true or false, got {download!r}")
+        split = data_split(self.recipe["data"], name, self.recipe.get("data_dir"), download)
+        if isinstance(split, Path) and not split.is_dir():
+            raise RecipeError(f"{where}: data split {split} does not exist (set another root with --set data=PATH, "
+                              f"or download Imagenette: --set data=torch/imagenette2-160 --set data_dir=DIR "
+                              f"--set dataset_download=true)")
+        return split
 
     def base_model(self, checkpoint: str | None = None) -> nn.Module:
         from ...resolve import model_from_name
