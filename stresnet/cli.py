@@ -139,6 +139,35 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stem_option(text: str) -> dict | None:
+    """``base`` (the base's own stem) or ``WIDTH`` (a narrowed stem with its 1x1 projection, fitted to the base)."""
+    if text == "base":
+        return None
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"stem {text!r}: 'base' or a positive channel count")
+    return {"width": int(text), "proj": True}
+
+
+def _cmd_search_family(args: argparse.Namespace) -> int:
+    from .search.family_run import search_family_and_write
+    from .zoo.family import family_plan, st_budget_text
+
+    variants = [v.removeprefix("stresnet_") for v in args.variant]
+    classes = args.num_classes or 1000
+    budgets = {f"stresnet_{v}": st_budget_text(v, classes, args.budget_size) for v in variants}
+    references = {f"stresnet_{v}": family_plan(v, classes) for v in variants}
+    stems = args.stem or [None, {"width": 32, "proj": True}]
+    report = search_family_and_write(
+        args.model, args.checkpoint, args.data, budgets, references, args.out, stems, num_classes=args.num_classes,
+        size=args.input_size, cost_size=args.budget_size, calib=args.calib_images, step=args.step,
+        estimator=args.estimator, evaluate=args.eval, seed=args.seed, progress=not args.quiet)
+    for label, row in report["budgets"].items():
+        shots = "  ".join(f"{arm} {100 * r['top1']:.2f}" for arm, r in row.get("zero_shot", {}).items())
+        print(f"{label:>16}  stem {row['chosen_stem']}  {shots}")
+    print(f"took {report['seconds']:.0f} s; wrote {args.out}")
+    return 0
+
+
 def _cmd_check_estimator(args: argparse.Namespace) -> int:
     from .search.run import check_estimator
 
@@ -436,6 +465,7 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .train.config import add_finetune_args
+    from .zoo.family import VARIANTS as FAMILY
 
     parser = argparse.ArgumentParser(prog="stresnet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -475,6 +505,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mse: normalised output MSE (CompressNAS); fisher: output error weighted by the loss gradient")
     p.add_argument("--eval", action="store_true", help="also measure zero-shot top-1 of every plan on val/")
     p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("search-family",
+                       help="the MCU family by search at each ST variant's four budgets (params, flash, MACs, RAM)")
+    _add_search_args(p)
+    p.add_argument("--variant", action="append", required=True, choices=[f"stresnet_{v}" for v in FAMILY],
+                   help="ST variant whose budgets (its architecture profiled with this head) bound the search")
+    p.add_argument("--stem", action="append", type=_stem_option, default=None,
+                   help="stem options: 'base' or a narrowed width such as 32 (default: base and 32)")
+    p.add_argument("--budget-size", type=int, default=224, help="resolution the budgets are stated at")
+    p.add_argument("--estimator", choices=("mse", "fisher"), default="fisher")
+    p.add_argument("--eval", action="store_true",
+                   help="zero-shot top-1 of the searched and ST plans on the selection split and val/")
+    p.set_defaults(func=_cmd_search_family)
 
     p = sub.add_parser("check-estimator", help="Spearman of each estimator vs measured top-1 over random plans")
     _add_search_args(p)

@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 
 from ..data import SELECTION_PER_CLASS, calibration_images, selection_images
+from ..evaluate import tensor_top1
 from ..plan import Plan, compress
 from ..resolve import model_from_name
 from .budgets import parse_budget
@@ -23,19 +24,6 @@ ESTIMATOR = "fisher"  # default estimator: chosen there too
 def _split(data: Path, name: str) -> Path:
     """``DATA/name`` when DATA holds splits, else DATA itself."""
     return data / name if (data / name).is_dir() else data
-
-
-@torch.no_grad()
-def top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 250) -> dict:
-    """Zero-shot top-1 on images already in memory (the selection split is decoded once for every plan)."""
-    was_training = model.training
-    model.eval()
-    try:
-        correct = sum((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum().item()
-                      for i in range(0, len(images), batch_size))
-    finally:
-        model.train(was_training)
-    return {"top1": correct / max(len(images), 1), "images": len(images)}
 
 
 def search_and_write(
@@ -82,13 +70,13 @@ def search_and_write(
         extra["selection"] = {"images": len(sel_x), "per_class": SELECTION_PER_CLASS,
                               "source": "train/, stresnet.data.split_indices"}
         extra["base_top1"] = accuracy(net, val, size, progress=progress)["top1"]
-        extra["base_selection_top1"] = top1(net, sel_x, sel_y)["top1"]
+        extra["base_selection_top1"] = tensor_top1(net, sel_x, sel_y)
         for label, plan in result.plans.items():
             measured[label] = {}
             for method, p in {"searched": plan, **result.baselines[label]}.items():
                 compressed = compress(copy.deepcopy(net), Plan(layers=p.layers), bases=space.bases)
                 measured[label][method] = {**accuracy(compressed, val, size, progress=progress),
-                                           "selection_top1": top1(compressed, sel_x, sel_y)["top1"]}
+                                           "selection_top1": tensor_top1(compressed, sel_x, sel_y)}
         extra["eval_seconds"] = time.perf_counter() - t0
     base = {"arch": model, **({"num_classes": num_classes} if num_classes else {})}
     return write_search(result, out, base, measured, extra)
@@ -121,7 +109,7 @@ def check_estimator(
     fisher = build_space(net, images, labels, estimator="fisher", step=step, progress=progress)
     sel_x, sel_y = selection_images(_split(data, "train"), size)
     limit = parsed.limits(space.base_cost)["params"]
-    result = estimator_correlation(space, net, lambda m: top1(m, sel_x, sel_y)["top1"],
+    result = estimator_correlation(space, net, lambda m: tensor_top1(m, sel_x, sel_y),
                                    limit, n_plans=n_plans, seed=seed, fisher=fisher)
     result.update(budget=budget, model=model, checkpoint=str(checkpoint) if checkpoint else None, step=step,
                   calibration={"images": len(images), "size": size, "seed": seed},
