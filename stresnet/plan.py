@@ -21,6 +21,9 @@ fraction of the kernel's entries kept (``round(density * numel)`` of them).
 (``sparse``) or of its Tucker-2 residual (``lrs``); ``init="random"`` applies
 the same magnitude rule to the random kernel of a ``sparse`` layer, so its cost
 is right before a checkpoint is loaded (the mask is a buffer: loading replaces it).
+These are the built-in types; each is a module of :mod:`stresnet.layers` and the
+plan asks the registry (:mod:`stresnet.layers.registry`) for a spec's checks,
+limits and builder, so a type registered from outside works here unchanged.
 
 :func:`compress` applies a plan to any ``nn.Module`` (timm, torchvision,
 ultralytics); :func:`plan_of` reads it back from a model; :func:`build`
