@@ -197,7 +197,7 @@ def test_recipe_publish_card_quotes_measured_numbers_and_fresh_process_reproduce
     metrics = {"top1": measured["top1"], "top5": measured["top5"], "images": measured["images"], "params": 1,
                "unrelated": "dropped"}
     record = publish_run(model, "stresnet_pico.imagenette", tmp_path / "pub", metrics,
-                         "stresnet recipe run recipes/stresnet_pico.yaml", cache_dir=cache)
+                         "stresnet recipe run recipes/stresnet_pico.yaml", registry=registry, cache_dir=cache)
     card = tmp_path / "pub" / "stresnet_pico.imagenette" / "README.md"
     assert card_top1(card) == float(f"{100 * measured['top1']:.2f}")
     assert "stresnet recipe run recipes/stresnet_pico.yaml" in card.read_text() and record["sha256"] in card.read_text()
@@ -218,3 +218,17 @@ def test_publish_rejects_unknown_names(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match="stresnet18_3x.imagenette"):
         publish_run(timm.create_model("resnet18", num_classes=10), "stresnet18_3x.imagenette", tmp_path, {},
                     "x", registry=None, install_cache=False)
+
+
+def test_publish_records_weights_where_the_cli_says_never_in_the_package(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from stresnet.recipes.config import weights_registry_out
+
+    monkeypatch.delenv("STRESNET_WEIGHTS_REGISTRY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert weights_registry_out() == Path("weights.json")  # a user's folder
+    (tmp_path / "stresnet" / "zoo").mkdir(parents=True)
+    (tmp_path / "stresnet" / "zoo" / "weights.json").write_text("{}")
+    assert weights_registry_out() == Path("stresnet/zoo/weights.json")  # a checkout: the shipped registry
+    monkeypatch.setenv("STRESNET_WEIGHTS_REGISTRY", str(tmp_path / "elsewhere.json"))
+    assert weights_registry_out() == tmp_path / "elsewhere.json"
