@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from .. import decompose as dec
 from ..plan import Plan
+from ..utils.modes import eval_mode
 from . import baselines as bl
 from .budgets import Budget
 from .estimator import ErrorTable, capture_inputs, output_grad_moments, patch_moment, rank_grid, tucker2_error_table
@@ -151,14 +152,12 @@ def _input_sizes(model: nn.Module, modules: Mapping[str, nn.Module], size: Seque
         return hook
 
     hooks = [m.register_forward_pre_hook(keep(n)) for n, m in modules.items()]
-    was_training = model.training
-    model.eval()
     try:
-        model(_sample_input(model, (1, *size)))
+        with eval_mode(model):
+            model(_sample_input(model, (1, *size)))
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     return found
 
 
