@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .surgery import apply_surgery
+from .utils.modes import eval_mode
 
 __all__ = ["narrowed_stem", "select_channels"]
 
@@ -71,17 +72,17 @@ def narrowed_stem(base: nn.Module, surgery: Mapping[str, Any], images: Tensor) -
     stem = dict(surgery.get("stem", {}))
     if not stem.get("proj"):
         raise ValueError("narrowed_stem: the surgery has no narrowed stem with a projection ('stem': {'proj': true})")
-    ref = copy.deepcopy(base).eval()
-    target = _pooled(ref, images)  # (positions, 64)
+    with eval_mode(base):
+        target = _pooled(base, images)  # (positions, 64)
     keep = select_channels(target, int(stem["width"]))
     model = apply_surgery(copy.deepcopy(base), surgery)
     conv, bn = model.conv1, model.bn1
-    conv.weight.copy_(ref.conv1.weight[keep])
+    conv.weight.copy_(base.conv1.weight[keep])
     if conv.bias is not None:
-        conv.bias.copy_(ref.conv1.bias[keep])
+        conv.bias.copy_(base.conv1.bias[keep])
     for attr in ("weight", "bias", "running_mean", "running_var"):
-        getattr(bn, attr).copy_(getattr(ref.bn1, attr)[keep])
-    bn.eps = ref.bn1.eps
+        getattr(bn, attr).copy_(getattr(base.bn1, attr)[keep])
+    bn.eps = base.bn1.eps
     # least squares: target ~ kept @ A + b (kept channels are columns of target itself)
     kept = target[:, keep]
     design = torch.cat([kept, torch.ones(len(kept), 1, dtype=kept.dtype)], 1)
