@@ -134,3 +134,48 @@ def yolov5n_2x(pretrained: bool = False, weights: str | None = None, **kwargs):
     from stresnet.detect.hub import yolo_entry
 
     return yolo_entry("yolov5n_2x", pretrained, weights, **kwargs)
+
+
+def stresnet_pico_searched(pretrained: bool = False, tag: str = "imagenette", **kwargs):
+    """The Pico member built by the search (stem + Tucker-2 ranks) within ST Pico's four MCU budgets.
+
+    Args: pretrained (load published weights), tag (one with published weights, default 'imagenette'),
+    and timm kwargs such as num_classes, in_chans or features_only.
+    """
+    return _create("stresnet_pico_searched", pretrained, tag, **kwargs)
+
+
+def stresnet_nano_searched(pretrained: bool = False, tag: str = "imagenette", **kwargs):
+    """The Nano member built by the search (stem + Tucker-2 ranks) within ST Nano's four MCU budgets.
+
+    Args: pretrained (load published weights), tag (one with published weights, default 'imagenette'),
+    and timm kwargs such as num_classes, in_chans or features_only.
+    """
+    return _create("stresnet_nano_searched", pretrained, tag, **kwargs)
+
+
+def stresnet_micro_searched(pretrained: bool = False, tag: str = "imagenette", **kwargs):
+    """The Micro member built by the search (stem + Tucker-2 ranks) within ST Micro's four MCU budgets.
+
+    Args: pretrained (load published weights), tag (one with published weights, default 'imagenette'),
+    and timm kwargs such as num_classes, in_chans or features_only.
+    """
+    return _create("stresnet_micro_searched", pretrained, tag, **kwargs)
+
+
+def stresnet_milli_searched(pretrained: bool = False, tag: str = "imagenette", **kwargs):
+    """The Milli member built by the search (stem + Tucker-2 ranks) within ST Milli's four MCU budgets.
+
+    Args: pretrained (load published weights), tag (one with published weights, default 'imagenette'),
+    and timm kwargs such as num_classes, in_chans or features_only.
+    """
+    return _create("stresnet_milli_searched", pretrained, tag, **kwargs)
+
+
+def stresnet_tiny_searched(pretrained: bool = False, tag: str = "imagenette", **kwargs):
+    """The Tiny member built by the search (stem + Tucker-2 ranks) within ST Tiny's four MCU budgets.
+
+    Args: pretrained (load published weights), tag (one with published weights, default 'imagenette'),
+    and timm kwargs such as num_classes, in_chans or features_only.
+    """
+    return _create("stresnet_tiny_searched", pretrained, tag, **kwargs)

@@ -47,6 +47,11 @@ class Run:
     started: str = ""
     t0: float = 0.0
     data_prints: list = field(default_factory=list)
+    arm: str = ""  # the arm whose stages are running ('' for a recipe without arms)
+
+    def arm_results(self) -> dict:
+        """What the running arm measured so far (the whole results of a recipe without arms)."""
+        return self.results["arms"][self.arm] if self.arm else self.results
 
     def provenance(self, started: str | None = None, seconds: float | None = None) -> dict:
         """This run's provenance (:mod:`stresnet.utils.provenance`); a stage passes its own start and seconds."""
@@ -118,6 +123,7 @@ def _run_arm(task: "Task", run: Run, arm: str, stages: list[tuple[str, dict]], l
              selected: bool = True) -> None:
     """Run one arm's stages; an arm not ``selected`` (``--arms``) only reports the stages it finished earlier."""
     state = task.initial_state(run.recipe)
+    run.arm = arm
     arm_dir = run.run_dir / arm if arm else run.run_dir
     rows: list[dict] = []
     arm_results: dict = {"stages": rows}

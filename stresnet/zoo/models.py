@@ -30,7 +30,10 @@ WEIGHTS_FILENAME = "model.safetensors"
 VARIANTS = (
     "stresnet18_2x", "stresnet18_4x", "stresnet18_8x", "stresnet18_16x", "stresnet18_32x",
     "stresnet_pico", "stresnet_nano", "stresnet_micro", "stresnet_milli", "stresnet_tiny",
+    "stresnet_pico_searched", "stresnet_nano_searched", "stresnet_micro_searched", "stresnet_milli_searched",
+    "stresnet_tiny_searched",
 )
+SEARCHED_SUFFIX = "_searched"  # the family member the search built at ST's budgets; its recipe is ST's variant's
 
 
 class WeightsError(PlanError):
@@ -61,6 +64,7 @@ def weights_registry() -> dict[str, dict]:
 def recipe_path(name: str) -> str:
     """The recipe (relative to a source checkout) that makes the weights of ``arch.tag``."""
     arch, _, tag = name.partition(".")
+    arch = arch.removesuffix(SEARCHED_SUFFIX)  # one recipe makes both arms: ST's ranks and the searched plan
     return f"recipes/{arch}{'' if tag in ('', 'imagenette') else '_' + tag}.yaml"
 
 
@@ -287,3 +291,38 @@ def stresnet_milli(pretrained: bool = False, **kwargs: Any) -> nn.Module:
 def stresnet_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """STResNet Tiny (4.16 M params, 1.21 GMACs at 224, 1000 classes)."""
     return _create("stresnet_tiny", pretrained, **kwargs)
+
+
+@register_model
+def stresnet_pico_searched(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """The Pico member built by the search (stem and Tucker-2 ranks) within ST Pico's params, int8 flash,
+    MACs and peak RAM at 224 px."""
+    return _create("stresnet_pico_searched", pretrained, **kwargs)
+
+
+@register_model
+def stresnet_nano_searched(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """The Nano member built by the search (stem and Tucker-2 ranks) within ST Nano's params, int8 flash,
+    MACs and peak RAM at 224 px."""
+    return _create("stresnet_nano_searched", pretrained, **kwargs)
+
+
+@register_model
+def stresnet_micro_searched(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """The Micro member built by the search (stem and Tucker-2 ranks) within ST Micro's params, int8 flash,
+    MACs and peak RAM at 224 px."""
+    return _create("stresnet_micro_searched", pretrained, **kwargs)
+
+
+@register_model
+def stresnet_milli_searched(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """The Milli member built by the search (stem and Tucker-2 ranks) within ST Milli's params, int8 flash,
+    MACs and peak RAM at 224 px."""
+    return _create("stresnet_milli_searched", pretrained, **kwargs)
+
+
+@register_model
+def stresnet_tiny_searched(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """The Tiny member built by the search (stem and Tucker-2 ranks) within ST Tiny's params, int8 flash,
+    MACs and peak RAM at 224 px."""
+    return _create("stresnet_tiny_searched", pretrained, **kwargs)

@@ -1,9 +1,12 @@
 """``decompose``: apply the plan to the dense weights; zero-shot top-1 (``compare_base`` also measures
-decomposing the original base, for ADMM)."""
+decomposing the original base, for ADMM). A plan with ST's narrowed stem gets that stem fitted to the dense
+model first (:func:`stresnet.stem_init.narrowed_stem`, ``stem_init: fit``, the default) rather than at random
+(``stem_init: random``): a random stem starts the network at chance."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import RecipeError
 from .common import ClassifyRun, State, require
 
 
@@ -15,10 +18,28 @@ def decompose(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     require(state, "plan", "decompose")
     require(state, "dense", "decompose")
     plan = Plan.load(state.plan)
-    model = compress(run.model(state), plan, init="decompose")
+    dense = run.model(state)
+    result: dict = {}
+    how = p.get("stem_init", "fit")
+    if how not in ("fit", "random"):
+        raise RecipeError(f"stage decompose: stem_init {how!r} is not 'fit' or 'random'")
+    if plan.surgery.get("stem", {}).get("proj") and how == "fit":
+        from ...data import calibration_images
+        from ...stem_init import narrowed_stem
+
+        calib = int(p.get("calib", 256))  # the search's calibration draw: the stem it evaluated
+        images, _ = calibration_images(run.split("train"), calib, run.input_size, seed=int(p.get("seed", 0)))
+        narrowed = narrowed_stem(dense, plan.surgery, images)
+        result["stem_init"] = {"method": "fit", "calibration_images": calib}
+        if p.get("eval", True):  # the fitted stem alone, every other layer the base's
+            result["stem_init"]["zero_shot_top1"] = accuracy(narrowed, run.split("val"), run.input_size)["top1"]
+        model = compress(narrowed, Plan(layers=plan.layers), init="decompose")
+    else:
+        model = compress(dense, plan, init="decompose")
+        if plan.surgery.get("stem", {}).get("proj"):
+            result["stem_init"] = {"method": "random"}
     out.mkdir(parents=True, exist_ok=True)
     save_weights(model, out / "model.safetensors")
-    result: dict = {}
     if p.get("eval", True):
         result["zero_shot_top1"] = accuracy(model, run.split("val"), run.input_size)["top1"]
         if p.get("compare_base", False):

@@ -14,7 +14,7 @@ def publish(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
 
     if "name" not in p:
         raise RecipeError("stage publish: 'name' (e.g. stresnet18_8x.imagenette) is required")
-    metrics = run.results.get("final")
+    metrics = run.arm_results().get("final")
     if metrics is None:
         raise RecipeError("stage publish: needs an 'eval' stage before it (the card quotes measured numbers)")
     model = run.model(state)
@@ -32,6 +32,14 @@ def reference(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     if not path.is_file():
         raise RecipeError(f"stage reference: {path} does not exist: run 'stresnet recipe run {recipe}' first")
     other = json.loads(path.read_text())
+    if p.get("arm"):  # one arm of a recipe with arms
+        arm = (other.get("arms") or {}).get(p["arm"])
+        if arm is None or "final" not in arm:
+            raise RecipeError(f"stage reference: {path} has no finished arm {p['arm']!r}: "
+                              f"run 'stresnet recipe run {recipe} --arms {p['arm']}' first")
+        other = {**other, **arm}
+    elif "final" not in other and other.get("arms"):
+        raise RecipeError(f"stage reference: {recipe} has arms ({', '.join(other['arms'])}): name one with 'arm'")
     if "final" not in other:
         raise RecipeError(f"stage reference: {path} has no final eval: finish 'stresnet recipe run {recipe}' first")
     expect = p.get("expect_finetune")

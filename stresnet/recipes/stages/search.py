@@ -9,10 +9,13 @@ from .common import ClassifyRun, State, require
 
 
 def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
-    """CompressNAS: estimator tables + ILP at ``budget``; sets the plan."""
+    """CompressNAS: estimator tables + ILP at ``budget``; sets the plan. ``family: stresnet_pico``: the
+    structure search at that ST variant's four budgets instead (:func:`family_search`)."""
     from ...search.run import ESTIMATOR, STEP, search_and_write
 
     require(state, "dense", "search")
+    if "family" in p:
+        return family_search(run, state, p, out)
     budget = str(p.get("budget", "8x"))
     report = search_and_write(run.base["model"], Path(state.weights) if state.weights else None, run.data, [budget],
                               out, num_classes=run.base.get("num_classes"), size=run.input_size,
@@ -27,6 +30,44 @@ def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
 
         expected = Plan.load(input_path(p["expect_plan"]))
         result["matches_expected_plan"] = Plan.load(state.plan).layers == expected.layers
+    return result
+
+
+def family_search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
+    """The stem-aware search (:mod:`stresnet.search.stems`) at the four budgets (params, int8 flash, MACs, peak
+    RAM at ``budget_size`` px) of ST's ``family`` variant with this recipe's head; the stem options are
+    ``stems`` (``null`` is the base's own stem; default: the base's and ST's narrowed 32-channel stem)."""
+    from ...search.family_run import search_family_and_write
+    from ...search.run import ESTIMATOR
+    from ...zoo.family import VARIANTS, family_plan, st_budget_text
+
+    variant = str(p["family"]).removeprefix("stresnet_")
+    if variant not in VARIANTS:
+        raise RecipeError(f"stage search: family {p['family']!r} is not one of "
+                          + ", ".join(f"stresnet_{v}" for v in VARIANTS))
+    classes = int(run.base.get("num_classes", 1000))
+    size = int(p.get("budget_size", 224))
+    label = f"stresnet_{variant}"
+    stems = p.get("stems", [None, {"width": 32, "proj": True}])
+    report = search_family_and_write(
+        run.base["model"], Path(state.weights) if state.weights else None, run.data,
+        {label: st_budget_text(variant, classes, size)}, {label: family_plan(variant, classes)}, out, stems,
+        num_classes=classes, size=run.input_size, cost_size=size, calib=int(p.get("calib", 256)),
+        step=int(p.get("step", 8)), estimator=str(p.get("estimator", ESTIMATOR)), seed=int(p.get("seed", 0)),
+        progress=run.progress)
+    row = report["budgets"][label]
+    if "plan" not in row:
+        notes = "; ".join(f"{t['label']}: {t['note']}" for t in row["trials"])
+        raise RecipeError(f"stage search: no stem option fits the {label} budgets ({notes})")
+    state.plan = row["plan"]
+    result = {"family": label, "budget": row["budget"], "plan": state.plan, "chosen_stem": row["chosen_stem"],
+              "trials": [{k: t[k] for k in ("label", "cost", "select_top1", "note", "seconds")} for t in row["trials"]],
+              "seconds": report["seconds"]}
+    if p.get("expect_plan"):  # the packaged zoo plan must be what this search finds
+        from ...plan import Plan
+
+        found, expected = Plan.load(state.plan), Plan.load(input_path(p["expect_plan"]))
+        result["matches_expected_plan"] = (found.layers, found.surgery) == (expected.layers, expected.surgery)
     return result
 
 
