@@ -139,7 +139,11 @@ def plot_family(records: Mapping[str, Mapping[str, Any]], base: Mapping[str, Any
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [m["params"] / 1e6 for m in points.values()]
     ys = [100 * m["top1"] for m in points.values()]
-    ax.plot(xs, ys, "o", label="STResNet family (recipes)")
+    searched = [n.split(".")[0].endswith("_searched") for n in points]
+    for mark, label, pick in (("o", "STResNet zoo (recipes)", False), ("^", "MCU family searched at ST's budgets", True)):
+        sel = [(x, y) for x, y, s in zip(xs, ys, searched) if s == pick]
+        if sel:
+            ax.plot(*zip(*sel), mark, label=label)
     placed: list[tuple[float, float, bool]] = []  # (x, y, label above) of the labels so far, left to right
     for x, y, name in sorted(zip(xs, ys, (n.split(".")[0] for n in points))):
         near = [a for px, py, a in placed if abs(math.log10(x / px)) < 0.4 and abs(y - py) < 3]

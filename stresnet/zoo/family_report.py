@@ -1,0 +1,129 @@
+"""The MCU family's two arms side by side, generated from ``recipes/results/stresnet_<variant>.json``.
+
+Each family recipe fine-tunes two models with one budget: ST's rank table (``st``, the
+timm name ``stresnet_<v>``) and the search's plan within ST's four budgets (``searched``,
+``stresnet_<v>_searched``). A user choosing a model for a chip asks which is more
+accurate *at the same budgets*, so every row shows all four costs at the budgets'
+resolution (224 px) next to the measured top-1, and the verdict counts the val images
+the difference amounts to: a gap of a few images is noise, and the card says so.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .family import VARIANTS, st_budget
+
+ARMS = {"st": "ST's ranks", "searched": "searched at ST's budgets"}
+NOISE_IMAGES = 5  # a gap of at most this many val images is called a tie, not a win
+
+
+@dataclass
+class FamilyArm:
+    """One arm's measured numbers: top-1 after the fine-tune, zero-shot, stem-only zero-shot, fine-tune epochs."""
+
+    top1: float
+    images: int
+    zero_shot: float | None
+    stem_zero_shot: float | None
+    epochs: int | None
+    stem: str
+
+
+def _arm(arm: Mapping[str, Any]) -> FamilyArm | None:
+    if "final" not in arm:
+        return None
+    stages = {s["type"]: s["result"] for s in arm.get("stages", [])}
+    decompose = stages.get("decompose", {})
+    stem = stages.get("search", {}).get("chosen_stem")
+    if stem is None:  # ST's plan: its stem comes with the rank table
+        stem = "width32+proj" if decompose.get("stem_init") else "base"
+    return FamilyArm(top1=arm["final"]["top1"], images=arm["final"]["images"],
+                     zero_shot=decompose.get("zero_shot_top1"),
+                     stem_zero_shot=(decompose.get("stem_init") or {}).get("zero_shot_top1"),
+                     epochs=stages.get("finetune", {}).get("epochs"), stem=stem)
+
+
+def load_family(results: Path) -> dict[str, dict[str, FamilyArm]]:
+    """``{variant: {arm: FamilyArm}}`` for every family recipe whose results hold arms (finished arms only)."""
+    out: dict[str, dict[str, FamilyArm]] = {}
+    for v in VARIANTS:
+        path = results / f"stresnet_{v}.json"
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        arms = {k: _arm(a) for k, a in (data.get("arms") or {}).items() if k in ARMS}
+        arms = {k: a for k, a in arms.items() if a is not None}
+        if arms:
+            out[v] = arms
+    return out
+
+
+def _costs(name: str) -> dict[str, int]:
+    """params, int8 flash, MACs and peak RAM of ``name`` with the Imagenette head at 224 px (the budgets' size)."""
+    import timm
+
+    from ..cost import profile
+
+    prof = profile(timm.create_model(name, num_classes=10), (3, 224, 224))
+    return {"params": prof.params, "flash": prof.flash_bytes, "macs": prof.macs, "ram": prof.peak_ram_bytes}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def verdict(variant: str, arms: Mapping[str, FamilyArm]) -> str:
+    """One sentence: does the searched model beat ST's ranks after the same fine-tune, by how many images."""
+    if set(arms) != set(ARMS):
+        return f"{variant}: only the {', '.join(arms)} arm has finished; no comparison yet."
+    st, searched = arms["st"], arms["searched"]
+    gap = searched.top1 - st.top1
+    images = round(abs(gap) * st.images)
+    if images <= NOISE_IMAGES:
+        return (f"{variant}: a tie ({100 * gap:+.2f} points, {images} of {st.images} val images, within noise): "
+                f"the search does not beat ST's ranks here.")
+    if gap > 0:
+        return f"{variant}: the searched model beats ST's ranks by {100 * gap:.2f} points ({images} val images)."
+    return (f"{variant}: the searched model does NOT beat ST's ranks ({100 * gap:+.2f} points, {images} val images): "
+            f"its plan was chosen by estimated loss and zero-shot top-1, and the fine-tune closed the gap the other way.")
+
+
+def family_section(variant: str, arms: Mapping[str, FamilyArm], level: str = "##") -> list[str]:
+    """A markdown table of both arms of ``variant`` (costs at 224 px, 10-class head) and the verdict."""
+    budget = st_budget(variant, 10)
+    names = {"st": f"stresnet_{variant}", "searched": f"stresnet_{variant}_searched"}
+    rows = [f"{level} ST's ranks vs the search at stresnet_{variant}'s budgets", "",
+            f"Recipe `recipes/stresnet_{variant}.yaml`, one fine-tune budget for both arms; top-1 on Imagenette val. "
+            "Costs at 224 px with the 10-class head (the budgets are ST's own profile there: "
+            f"params <= {budget['params']:,}, int8 flash <= {budget['flash']:,} B, MACs <= {budget['macs']:,}, "
+            f"peak RAM <= {budget['ram']:,} B). Stem-only: the fitted narrowed stem in the base, nothing else changed.",
+            "",
+            "| arm | model | stem | params | int8 flash (B) | MACs | peak RAM (B) | stem-only | zero-shot | epochs | top-1 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for kind, arm in arms.items():
+        c = _costs(names[kind])
+        rows.append(f"| {ARMS[kind]} | `{names[kind]}` | {arm.stem} | {c['params']:,} | {c['flash']:,} | {c['macs']:,} | "
+                    f"{c['ram']:,} | {_pct(arm.stem_zero_shot)} | {_pct(arm.zero_shot)} | {arm.epochs} | "
+                    f"{_pct(arm.top1)} |")
+    return rows + ["", verdict(f"stresnet_{variant}", arms), ""]
+
+
+def family_card_notes(family: Mapping[str, Mapping[str, FamilyArm]]) -> dict[str, str]:
+    """Both arms' table on the card of each arm's ``.imagenette`` tag."""
+    notes = {}
+    for v, arms in family.items():
+        text = "\n".join(family_section(v, arms, level="##"))
+        for name in (f"stresnet_{v}.imagenette", f"stresnet_{v}_searched.imagenette"):
+            notes[name] = text
+    return notes
+
+
+def family_markdown(family: Mapping[str, Mapping[str, FamilyArm]]) -> str:
+    """The zoo index's section: every variant's two arms."""
+    if not family:
+        return ""
+    out = ["## The MCU family: ST's ranks vs the search at ST's budgets", ""]
+    for v, arms in family.items():
+        out += family_section(v, arms, level="###")
+    return "\n".join(out)
