@@ -194,9 +194,29 @@ def mcu(results: Path) -> str:
     return "\n".join(lines)
 
 
+def family(results: Path) -> str:
+    """The MCU family recipes' two arms (ST's ranks, searched at ST's budgets) after the same fine-tune."""
+    from .family import VARIANTS
+    from .family_report import load_family, verdict
+
+    found = load_family(results)
+    missing = [f"stresnet_{v}.json" for v in VARIANTS if set(found.get(v, {})) != {"st", "searched"}]
+    if missing:
+        raise ReportError(f"{results / missing[0]}: needs both arms, st and searched (the README block needs them)")
+    lines = ["| variant | stem-only (ST / searched) | zero-shot ST | zero-shot searched | epochs | ST's ranks | searched |",
+             "|---|---|---|---|---|---|---|"]
+    for v, arms in found.items():
+        st, se = arms["st"], arms["searched"]
+        stem = " / ".join(f"{_pct(a.stem_zero_shot)} %" if a.stem_zero_shot is not None else a.stem for a in (st, se))
+        lines.append(f"| `stresnet_{v}` | {stem} | {_pct(st.zero_shot)} % | {_pct(se.zero_shot)} % | {st.epochs} | "
+                     f"{_pct(st.top1)} % | {_pct(se.top1)} % |")
+    lines += [""] + [f"- {verdict(f'stresnet_{v}', arms)}" for v, arms in found.items()]
+    return "\n".join(lines)
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "recipe-results": recipe_results, "admm-lrs": admm_lrs, "search": search,
-    "latency": latency, "int8": int8, "mcu": mcu,
+    "latency": latency, "int8": int8, "mcu": mcu, "family": family,
 }
 
 
