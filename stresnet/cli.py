@@ -208,7 +208,7 @@ def _cmd_cards(args: argparse.Namespace) -> int:
     from .cost import profile
     from .detect.card import detect_index_markdown, detect_results, write_card
     from .zoo.cards import index_markdown, plot_family, write_cards
-    from .zoo.family_report import family_card_notes, family_markdown, load_family
+    from .zoo.family_report import family_card_notes, family_markdown, load_family, load_latency
     from .zoo.models import VARIANTS, weights_registry
     from .zoo.readme import update_readme
     from .zoo.report import ReportError, card_notes, evidence_markdown, load_evidence, plot_pareto
@@ -233,15 +233,15 @@ def _cmd_cards(args: argparse.Namespace) -> int:
         data = json.loads(results.read_text())
         base = ({**data["base"], "recipe": "shared base, measured by the eval stage (recipes/resnet18_imagenette.yaml rebuilds it)"}
                 if "base" in data else None)
-    family = load_family(Path(args.results))
+    family, latency = load_family(Path(args.results)), load_latency(Path(args.results))
     notes = card_notes(evidence, ev_base)
-    for name, text in family_card_notes(family).items():  # a card may carry both: evidence and the family's arms
+    for name, text in family_card_notes(family, latency).items():  # a card may carry both: evidence and the family's arms
         notes[name] = "\n\n".join(t for t in (notes.get(name), text) if t)
     paths = write_cards(args.out, profiles, records, notes=notes)
     detectors = detect_results(Path(args.results))
     paths += [write_card(r, variant, tag, args.out) for r, variant, tag in detectors.values()]
     index = index_markdown(profiles, records, base,
-                           extra="\n".join(x for x in (family_markdown(family), detect_index_markdown(detectors),
+                           extra="\n".join(x for x in (family_markdown(family, latency), detect_index_markdown(detectors),
                                                        evidence_markdown(evidence, ev_base)) if x))
     (args.out / "README.md").write_text(index)
     plot = plot_family(records, base, args.out / "accuracy_vs_size.png")

@@ -95,3 +95,16 @@ def test_a_searched_name_points_at_its_family_recipe() -> None:
 
     assert recipe_path("stresnet_pico_searched.imagenette") == "recipes/stresnet_pico.yaml"
     assert recipe_path("stresnet_pico.imagenette") == "recipes/stresnet_pico.yaml"
+
+
+def test_the_verdict_counts_images_and_calls_a_few_a_tie() -> None:
+    from stresnet.zoo.family_report import NOISE_IMAGES, FamilyArm, verdict
+
+    def arm(correct: int) -> FamilyArm:
+        return FamilyArm(top1=correct / 1982, images=1982, zero_shot=None, stem_zero_shot=None, epochs=2, stem="base")
+
+    assert "beats ST's ranks by" in verdict("v", {"st": arm(1500), "searched": arm(1520)})
+    assert "20 val images" in verdict("v", {"st": arm(1500), "searched": arm(1520)})
+    assert "a tie" in verdict("v", {"st": arm(1500), "searched": arm(1500 + NOISE_IMAGES)})
+    assert "does NOT beat" in verdict("v", {"st": arm(1520), "searched": arm(1500)})
+    assert "only the st arm" in verdict("v", {"st": arm(1500)})

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from .family import VARIANTS, st_budget
 
 ARMS = {"st": "ST's ranks", "searched": "searched at ST's budgets"}
+LATENCY_FILE = "deploy/latency_family_224px.json"  # `stresnet bench latency ... --input-size 224 --json`
 NOISE_IMAGES = 5  # a gap of at most this many val images is called a tie, not a win
 
 
@@ -59,6 +60,15 @@ def load_family(results: Path) -> dict[str, dict[str, FamilyArm]]:
     return out
 
 
+def load_latency(results: Path) -> dict[str, float]:
+    """onnxruntime batch-1 median latency (ms) of each model in ``results/LATENCY_FILE``, if it was measured."""
+    path = results / LATENCY_FILE
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return {name: m["onnxruntime"]["median_ms"] for name, m in data["models"].items() if "onnxruntime" in m}
+
+
 def _costs(name: str) -> dict[str, int]:
     """params, int8 flash, MACs and peak RAM of ``name`` with the Imagenette head at 224 px (the budgets' size)."""
     import timm
@@ -67,6 +77,10 @@ def _costs(name: str) -> dict[str, int]:
 
     prof = profile(timm.create_model(name, num_classes=10), (3, 224, 224))
     return {"params": prof.params, "flash": prof.flash_bytes, "macs": prof.macs, "ram": prof.peak_ram_bytes}
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def _pct(x: float | None) -> str:
@@ -89,8 +103,11 @@ def verdict(variant: str, arms: Mapping[str, FamilyArm]) -> str:
             f"its plan was chosen by estimated loss and zero-shot top-1, and the fine-tune closed the gap the other way.")
 
 
-def family_section(variant: str, arms: Mapping[str, FamilyArm], level: str = "##") -> list[str]:
-    """A markdown table of both arms of ``variant`` (costs at 224 px, 10-class head) and the verdict."""
+def family_section(variant: str, arms: Mapping[str, FamilyArm], level: str = "##",
+                   latency: Mapping[str, float] | None = None) -> list[str]:
+    """A markdown table of both arms of ``variant`` (costs at 224 px, 10-class head; onnxruntime latency where
+    ``latency`` has it) and the verdict."""
+    latency = latency or {}
     budget = st_budget(variant, 10)
     names = {"st": f"stresnet_{variant}", "searched": f"stresnet_{variant}_searched"}
     rows = [f"{level} ST's ranks vs the search at stresnet_{variant}'s budgets", "",
@@ -99,31 +116,35 @@ def family_section(variant: str, arms: Mapping[str, FamilyArm], level: str = "##
             f"params <= {budget['params']:,}, int8 flash <= {budget['flash']:,} B, MACs <= {budget['macs']:,}, "
             f"peak RAM <= {budget['ram']:,} B). Stem-only: the fitted narrowed stem in the base, nothing else changed.",
             "",
-            "| arm | model | stem | params | int8 flash (B) | MACs | peak RAM (B) | stem-only | zero-shot | epochs | top-1 |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| arm | model | stem | params | int8 flash (B) | MACs | peak RAM (B) | latency (ms) | stem-only | zero-shot "
+            "| epochs | top-1 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for kind, arm in arms.items():
         c = _costs(names[kind])
         rows.append(f"| {ARMS[kind]} | `{names[kind]}` | {arm.stem} | {c['params']:,} | {c['flash']:,} | {c['macs']:,} | "
-                    f"{c['ram']:,} | {_pct(arm.stem_zero_shot)} | {_pct(arm.zero_shot)} | {arm.epochs} | "
+                    f"{c['ram']:,} | {_ms(latency.get(names[kind]))} | {_pct(arm.stem_zero_shot)} | {_pct(arm.zero_shot)} | {arm.epochs} | "
                     f"{_pct(arm.top1)} |")
-    return rows + ["", verdict(f"stresnet_{variant}", arms), ""]
+    note = ("Latency: onnxruntime, batch 1, 224 px, median of one run of `stresnet bench latency` on this project's "
+            f"CPU (`recipes/results/{LATENCY_FILE}`)." if latency else "Latency: not measured yet.")
+    return rows + ["", note, "", verdict(f"stresnet_{variant}", arms), ""]
 
 
-def family_card_notes(family: Mapping[str, Mapping[str, FamilyArm]]) -> dict[str, str]:
+def family_card_notes(family: Mapping[str, Mapping[str, FamilyArm]],
+                      latency: Mapping[str, float] | None = None) -> dict[str, str]:
     """Both arms' table on the card of each arm's ``.imagenette`` tag."""
     notes = {}
     for v, arms in family.items():
-        text = "\n".join(family_section(v, arms, level="##"))
+        text = "\n".join(family_section(v, arms, level="##", latency=latency))
         for name in (f"stresnet_{v}.imagenette", f"stresnet_{v}_searched.imagenette"):
             notes[name] = text
     return notes
 
 
-def family_markdown(family: Mapping[str, Mapping[str, FamilyArm]]) -> str:
+def family_markdown(family: Mapping[str, Mapping[str, FamilyArm]], latency: Mapping[str, float] | None = None) -> str:
     """The zoo index's section: every variant's two arms."""
     if not family:
         return ""
     out = ["## The MCU family: ST's ranks vs the search at ST's budgets", ""]
     for v, arms in family.items():
-        out += family_section(v, arms, level="###")
+        out += family_section(v, arms, level="###", latency=latency)
     return "\n".join(out)
