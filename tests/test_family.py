@@ -107,4 +107,7 @@ def test_the_verdict_counts_images_and_calls_a_few_a_tie() -> None:
     assert "20 val images" in verdict("v", {"st": arm(1500), "searched": arm(1520)})
     assert "a tie" in verdict("v", {"st": arm(1500), "searched": arm(1500 + NOISE_IMAGES)})
     assert "does NOT beat" in verdict("v", {"st": arm(1520), "searched": arm(1500)})
+    led = FamilyArm(top1=1500 / 1982, images=1982, zero_shot=1700 / 1982, stem_zero_shot=None, epochs=2, stem="base")
+    trailed = FamilyArm(top1=1520 / 1982, images=1982, zero_shot=1600 / 1982, stem_zero_shot=None, epochs=2, stem="base")
+    assert "lowered the searched model below its own zero-shot" in verdict("v", {"st": trailed, "searched": led})
     assert "only the st arm" in verdict("v", {"st": arm(1500)})

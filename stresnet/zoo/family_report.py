@@ -94,13 +94,21 @@ def verdict(variant: str, arms: Mapping[str, FamilyArm]) -> str:
     st, searched = arms["st"], arms["searched"]
     gap = searched.top1 - st.top1
     images = round(abs(gap) * st.images)
+    start = ""
+    if st.zero_shot is not None and searched.zero_shot is not None:
+        lead = searched.zero_shot - st.zero_shot
+        start = f"; zero-shot it {'led' if lead > 0 else 'trailed'} by {100 * abs(lead):.2f} points"
+    if gap > 0 and images > NOISE_IMAGES:
+        return f"{variant}: the searched model beats ST's ranks by {100 * gap:.2f} points ({images} val images{start})."
+    why = ""
+    if start and searched.zero_shot > st.zero_shot and searched.top1 < searched.zero_shot:
+        why = (" The fine-tune (the same for both arms) lowered the searched model below its own zero-shot top-1: "
+               "its learning rate (the zoo's 0.01) was never chosen for a start this close to the base.")
     if images <= NOISE_IMAGES:
-        return (f"{variant}: a tie ({100 * gap:+.2f} points, {images} of {st.images} val images, within noise): "
-                f"the search does not beat ST's ranks here.")
-    if gap > 0:
-        return f"{variant}: the searched model beats ST's ranks by {100 * gap:.2f} points ({images} val images)."
-    return (f"{variant}: the searched model does NOT beat ST's ranks ({100 * gap:+.2f} points, {images} val images): "
-            f"its plan was chosen by estimated loss and zero-shot top-1, and the fine-tune closed the gap the other way.")
+        return (f"{variant}: a tie ({100 * gap:+.2f} points, {images} of {st.images} val images, within noise{start}): "
+                f"the search does not beat ST's ranks here.{why}")
+    return (f"{variant}: the searched model does NOT beat ST's ranks ({100 * gap:+.2f} points, {images} val images"
+            f"{start}).{why}")
 
 
 def family_section(variant: str, arms: Mapping[str, FamilyArm], level: str = "##",
