@@ -166,3 +166,21 @@ def test_table_file_is_readable_json(tmp_path: Path) -> None:
                    timer=FakeTimer())
     data = json.loads((tmp_path / "t.json").read_text())
     assert data["format"] == "stresnet-latency/1" and data["env"] == ENV and set(data["layers"]) == {"k"}
+
+
+def test_search_run_reports_predicted_latency(tree: Path, tmp_path: Path) -> None:
+    from functools import partial
+
+    from stresnet.search.run import search_and_write
+
+    source = partial(search_latency, table=LatencyTable(tmp_path / "t.json", ENV), threads=1, timer=FakeTimer(),
+                     progress=False)
+    report = search_and_write("resnet18", None, tree, ["4x", "4x,latency<=7.5ms"], tmp_path / "out", num_classes=3,
+                              size=32, calib=6, step=32, tied=True, baselines=("uniform",), progress=False,
+                              latency=source)
+    assert report["latency"]["rest_ms"] == report["fixed_cost"]["latency"]
+    free, timed = (report["budgets"][k]["methods"]["searched"] for k in ("4x", "4x_latency7.5ms"))
+    # fake latency = MACs / 1e6: the prediction of a plan is its MACs (the report's analytic count) at 32 px
+    assert free["predicted_latency_ms"] == pytest.approx(free["macs"] / 1e6)
+    assert free["predicted_latency_ms"] > 7.5 >= timed["predicted_latency_ms"]
+    assert "predicted_latency_ms" in report["budgets"]["4x"]["methods"]["uniform"]
