@@ -149,6 +149,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         args.model, args.checkpoint, args.data, args.budget, args.out, num_classes=args.num_classes,
         size=args.input_size, calib=args.calib_images, step=args.step, tied=args.tied_ranks,
         estimator=args.estimator, evaluate=args.eval, seed=args.seed, progress=not args.quiet, latency=latency,
+        cost_size=args.budget_size,
     )
     for label, row in report["budgets"].items():
         parts = [f"{m}: {r['params'] / 1e6:.3f}M est {r['estimated_loss']:.3f}"
@@ -534,6 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON latency table (created or extended here): times every option alone in onnxruntime at "
                         "--input-size and adds a latency cost, for latency<=...ms budgets and predicted latency")
     p.add_argument("--latency-threads", type=int, default=2, help="onnxruntime intra-op threads for the latency table")
+    p.add_argument("--budget-size", type=int, default=None,
+                   help="resolution MACs, RAM and latency are priced at (default: --input-size)")
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("search-family",

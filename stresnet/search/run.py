@@ -43,13 +43,15 @@ def search_and_write(
     seed: int = 0,
     progress: bool = True,
     latency: LatencySource | None = None,
+    cost_size: int | None = None,
 ) -> dict:
     """Run the whole search; with ``evaluate`` also measure every plan's zero-shot top-1 on the selection split
     of ``DATA/train`` (``selection_top1``, what choices are made on) and on ``DATA/val`` (``top1``, reported only).
 
     Calibration images come from the ``fit`` part of ``DATA/train`` (see :func:`stresnet.data.split_indices`).
     ``latency`` (a measured table, see :data:`~stresnet.search.pipeline.LatencySource`) prices every option's
-    latency at the calibration size, for ``latency<=`` budgets and the plans' predicted latency in the report.
+    latency, for ``latency<=`` budgets and the plans' predicted latency in the report. All costs (params aside)
+    are priced at ``cost_size`` px when given (e.g. latency at 224 px while calibrating at 128), else at ``size``.
     """
     parsed = [parse_budget(b) for b in budgets]  # fail on a bad budget before any work
     timed = next((b for b in parsed if "latency" in b.absolute), None)
@@ -61,7 +63,8 @@ def search_and_write(
     t0 = time.perf_counter()
     images, labels = calibration_images(_split(data, "train"), calib, size, seed=seed)
     t_calib = time.perf_counter() - t0
-    space = build_space(net, images, labels, estimator=estimator, step=step, tied=tied, progress=progress)
+    space = build_space(net, images, labels, estimator=estimator, step=step, tied=tied, progress=progress,
+                        cost_size=None if cost_size is None else (3, cost_size, cost_size))
     if latency is not None:
         attach_latency(space, latency(net, space))
     result = run_search(space, parsed, baselines)
