@@ -79,9 +79,10 @@ class LayerSignature:
             where = f"linear {self.c_in}>{self.c_out} b{int(self.bias)}"
         else:
             pad = self.padding if isinstance(self.padding, str) else "x".join(map(str, self.padding))
+            mode = "" if self.padding_mode == "zeros" else f" {self.padding_mode}"
             where = (f"conv {self.c_in}>{self.c_out} k{self.kernel[0]}x{self.kernel[1]} "
                      f"s{self.stride[0]}x{self.stride[1]} p{pad} d{self.dilation[0]}x{self.dilation[1]} "
-                     f"g{self.groups} b{int(self.bias)}" + ("" if self.padding_mode == "zeros" else f" {self.padding_mode}"))
+                     f"g{self.groups} b{int(self.bias)}{mode}")
         return f"{where} @{shape} t{int(threads)} {spec_key(spec)}"
 
 
