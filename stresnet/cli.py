@@ -11,6 +11,7 @@ from .plan import PlanError
 from .recipes import RecipeError
 from .search.budgets import BudgetError
 from .search.ilp import InfeasibleBudget
+from .search.latency_costs import LatencyError
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
@@ -61,7 +62,18 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     names = list(dict.fromkeys(["resnet18", *args.models]))
     size = (3, args.input_size, args.input_size)
     result = bench_latency(_models(names, args.num_classes), size, threads=args.threads, iters=args.iters)
-    print(json.dumps(result) if args.json else format_latency(result))
+    text = format_latency(result)
+    if args.predict:  # predicted from per-layer tables vs measured in this run
+        import os
+
+        from .deploy.latency_table import LatencyTable, format_prediction, plan_for_name, predict_vs_measured
+
+        cache = args.latency_cache or Path(os.environ.get("STRESNET_RUNS", "runs")) / "latency_cache.json"
+        table = LatencyTable.load(cache)
+        result["prediction"] = predict_vs_measured(result, {n: plan_for_name(n) for n in names}, table,
+                                                   args.num_classes, args.latency_reference)
+        text += "\n\n" + format_prediction(result["prediction"], table) + f"\nlatency table: {cache}"
+    print(json.dumps(result) if args.json else text)
     return 0
 
 
@@ -125,13 +137,23 @@ def _cmd_mcu(args: argparse.Namespace) -> int:
 def _cmd_search(args: argparse.Namespace) -> int:
     from .search.run import search_and_write
 
+    latency = None
+    if args.latency_cache is not None:
+        from functools import partial
+
+        from .deploy.latency_table import LatencyTable, search_latency
+
+        latency = partial(search_latency, table=LatencyTable.load(args.latency_cache), threads=args.latency_threads,
+                          progress=not args.quiet)
     report = search_and_write(
         args.model, args.checkpoint, args.data, args.budget, args.out, num_classes=args.num_classes,
         size=args.input_size, calib=args.calib_images, step=args.step, tied=args.tied_ranks,
-        estimator=args.estimator, evaluate=args.eval, seed=args.seed, progress=not args.quiet,
+        estimator=args.estimator, evaluate=args.eval, seed=args.seed, progress=not args.quiet, latency=latency,
+        cost_size=args.budget_size,
     )
     for label, row in report["budgets"].items():
         parts = [f"{m}: {r['params'] / 1e6:.3f}M est {r['estimated_loss']:.3f}"
+                 + (f" {r['predicted_latency_ms']:.2f}ms" if "predicted_latency_ms" in r else "")
                  + (f" top1 {100 * r['top1']:.2f}" if "top1" in r else "") for m, r in row["methods"].items()]
         print(f"{label:>8}  " + " | ".join(parts))
     print(f"search took {report['seconds']['total']:.1f} s (tables {report['seconds']['tables']:.1f} s); "
@@ -509,6 +531,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--estimator", choices=("mse", "fisher"), default="fisher",
                    help="mse: normalised output MSE (CompressNAS); fisher: output error weighted by the loss gradient")
     p.add_argument("--eval", action="store_true", help="also measure zero-shot top-1 of every plan on val/")
+    p.add_argument("--latency-cache", type=Path, default=None,
+                   help="JSON latency table (created or extended here): times every option alone in onnxruntime at "
+                        "--input-size and adds a latency cost, for latency<=...ms budgets and predicted latency")
+    p.add_argument("--latency-threads", type=int, default=2, help="onnxruntime intra-op threads for the latency table")
+    p.add_argument("--budget-size", type=int, default=None,
+                   help="resolution MACs, RAM and latency are priced at (default: --input-size)")
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("search-family",
@@ -557,6 +585,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--iters", type=int, default=50)
     b.add_argument("--json", action="store_true")
+    b.add_argument("--predict", action="store_true",
+                   help="also predict each model's onnxruntime latency from per-layer timings and print the error")
+    b.add_argument("--latency-cache", type=Path, default=None,
+                   help="per-layer latency table for --predict (default $STRESNET_RUNS/latency_cache.json or "
+                        "./runs/latency_cache.json)")
+    b.add_argument("--latency-reference", choices=("floor", "dense"), default="floor",
+                   help="network the constant rest is measured on: searched layers at Tucker-2 ranks 8, or dense")
     b.set_defaults(func=_cmd_latency)
 
     b = bench.add_parser("int8", help="top-1 of fp32 vs int8 ONNX (onnxruntime) of published weights on val/")
@@ -661,7 +696,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (PlanError, BudgetError, InfeasibleBudget, RecipeError, FileNotFoundError) as e:  # bad input: one line, no traceback
+    except (PlanError, BudgetError, InfeasibleBudget, LatencyError, RecipeError, FileNotFoundError) as e:  # bad input: one line, no traceback
         print(f"stresnet: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

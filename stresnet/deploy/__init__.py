@@ -13,6 +13,10 @@ quantises with stock onnxruntime tools:
 * :mod:`.latency` -- :func:`bench_latency`: batch-1 CPU latency in PyTorch and
   onnxruntime, measured round-robin so machine-load drift hits every model
   alike, with the speedup over a baseline beside its MAC reduction;
+* :mod:`.latency_table` -- each layer option timed alone in onnxruntime once per
+  shape signature, cached in a JSON table; a network's latency predicted as a
+  constant plus a sum over its layers (``stresnet bench latency --predict``), and
+  the per-option latency the search's ``latency<=`` budgets need (imported on use);
 * :mod:`.int8_bench` -- :func:`bench_int8`: top-1 of the fp32 and the int8 ONNX
   file of each model on a validation folder, side by side;
 * :mod:`.mcu` -- :func:`mcu_report`: int8 flash and peak RAM

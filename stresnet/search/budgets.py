@@ -8,7 +8,9 @@ as comma-separated terms:
 * ``params<=1.5M`` (or ``params=1.5M``), ``macs<=0.5G`` -- counts, with
   optional K/M/G (1e3/1e6/1e9) suffix;
 * ``flash<=512KiB``, ``ram<=256KiB`` -- bytes, with optional B, KB/MB/GB
-  (powers of 1000) or KiB/MiB/GiB (powers of 1024) suffix.
+  (powers of 1000) or KiB/MiB/GiB (powers of 1024) suffix;
+* ``latency<=12ms`` -- batch-1 latency on the measured runtime, in ms (a unit is
+  required: ms, us or s); the search needs a measured latency table for it.
 
 Metric names and units are case-insensitive; whitespace is ignored.
 """
@@ -27,19 +29,21 @@ _BYTE_UNITS = {
     "kb": 1e3, "mb": 1e6, "gb": 1e9,
     "kib": 1024.0, "mib": 1024.0**2, "gib": 1024.0**3,
 }
+_TIME_UNITS = {"ms": 1.0, "us": 1e-3, "s": 1e3}  # limits in ms; no bare numbers (ms or s would be a guess)
 METRICS: dict[str, dict[str, float]] = {
     "params": _COUNT_UNITS,
     "flash": _BYTE_UNITS,
     "macs": _COUNT_UNITS,
     "ram": _BYTE_UNITS,
+    "latency": _TIME_UNITS,
 }
 _UNIT_SPELLING = {"k": "K", "m": "M", "g": "G", "b": "B", "kb": "KB", "mb": "MB", "gb": "GB",
-                  "kib": "KiB", "mib": "MiB", "gib": "GiB", "": ""}
+                  "kib": "KiB", "mib": "MiB", "gib": "GiB", "ms": "ms", "us": "us", "s": "s", "": ""}
 
 _NUM = r"(?P<num>[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)"
 _RATIO_RE = re.compile(rf"^{_NUM}x$", re.IGNORECASE)
 _METRIC_RE = re.compile(rf"^(?P<metric>[a-z_]+)(?:<=|=){_NUM}(?P<unit>[a-z]*)$", re.IGNORECASE)
-_EXAMPLES = "expected e.g. 8x, params<=1.5M, flash<=512KiB, macs<=0.5G, ram<=256KiB"
+_EXAMPLES = "expected e.g. 8x, params<=1.5M, flash<=512KiB, macs<=0.5G, ram<=256KiB, latency<=12ms"
 
 
 class BudgetError(ValueError):
@@ -49,7 +53,7 @@ class BudgetError(ValueError):
 @dataclass(frozen=True)
 class _Term:
     metric: str | None  # None for a compression ratio
-    value: float        # ratio, or the limit in base units (count / bytes)
+    value: float        # ratio, or the limit in base units (count / bytes / ms)
     label: str          # filename-safe spelling, e.g. "8x" or "ram256KiB"
 
 
@@ -106,7 +110,8 @@ def _parse_term(budget: str, term: str) -> _Term:
     units = METRICS[metric]
     if unit not in units:
         allowed = ", ".join(_UNIT_SPELLING[u] for u in units if u)
-        raise fail(f"unknown unit {m['unit']!r} for {metric} in term {term!r} (use {allowed})")
+        what = f"unknown unit {m['unit']!r}" if unit else "no unit"
+        raise fail(f"{what} for {metric} in term {term!r} (use {allowed})")
     value = float(m["num"]) * units[unit]
     if value <= 0:
         raise fail(f"limit in term {term!r} must be > 0")

@@ -57,7 +57,9 @@ class InfeasibleBudget(ValueError):
 
 
 def _fmt(metric: str, value: float) -> str:
-    """Human-readable value: bytes in KiB/MiB, counts in K/M/G."""
+    """Human-readable value: bytes in KiB/MiB, counts in K/M/G, latency in ms."""
+    if metric == "latency":
+        return f"{value:.4g}ms"
     if metric in ("flash", "ram"):
         for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
             if abs(value) >= scale:

@@ -4,6 +4,7 @@
       -> capture each decomposable conv's input           (one forward pass)
       -> mode bases + one-pass MSE table per layer       (estimator.py)
       -> options with cost rows per layer                (options.py)
+      -> measured latency per option, when a table is given (latency_costs.py; measured by deploy)
       -> ILP per budget                                   (ilp.py)
       -> plans; baselines (uniform / VBMF / energy) scaled to the searched plan's params
 """
@@ -22,9 +23,10 @@ from .. import decompose as dec
 from ..plan import Plan
 from ..utils.modes import eval_mode
 from . import baselines as bl
-from .budgets import Budget
+from .budgets import Budget, BudgetError
 from .estimator import ErrorTable, capture_inputs, output_grad_moments, patch_moment, rank_grid, tucker2_error_table
 from .ilp import Option, solve, total_loss
+from .latency_costs import LatencyCosts, LatencyError, LayerSignature
 from .options import LayerShape, layer_options
 
 METRICS = ("params", "flash", "macs", "ram")
@@ -51,9 +53,15 @@ class SearchSpace:
     input_size: tuple[int, int, int]
     vbmf_ranks: dict[str, tuple[int, int]] = field(default_factory=dict)  # filled on first use
     ram_beside: dict[str, tuple[int, int]] = field(default_factory=dict)  # per layer: cost.live_beside
+    signatures: dict[str, LayerSignature] = field(default_factory=dict)  # per layer, at input_size: latency keys
+    latency: LatencyCosts | None = None  # measured per-option latency, only when a table was attached
 
     def size(self, plan: Plan, metric: str = "params") -> float:
-        """Total ``metric`` of ``plan`` under this space's analytic cost rows."""
+        """Total ``metric`` of ``plan`` under this space's analytic cost rows (``latency``: the attached table)."""
+        if metric == "latency":
+            if self.latency is None:
+                raise LatencyError("this search space has no latency table")
+            return self.latency.total(plan.layers)
         total = self.fixed_cost[metric]
         for name, shape in self.shapes.items():
             spec = plan.layers.get(name, {"type": "full"})
@@ -107,11 +115,13 @@ def build_space(
     convs = decomposable_convs(model)
     inputs = capture_inputs(model, convs, images)
     grads = output_grad_moments(model, convs, images, labels) if estimator == "fisher" else {}
-    cost_hw = _input_sizes(model, convs, cost_size) if cost_size is not None else {}
-    shapes, bases, tables, options = {}, {}, {}, {}
+    cost_hw = {n: s[-2:] for n, s in input_shapes(model, convs, cost_size).items()} if cost_size is not None else {}
+    shapes, bases, tables, options, signatures = {}, {}, {}, {}, {}
     for name, conv in tqdm(convs.items(), desc="estimator tables", disable=not progress, leave=False):
         x = inputs.pop(name)
-        shapes[name] = LayerShape.of(conv, cost_hw.get(name, x.shape[-2:]))
+        hw = tuple(cost_hw.get(name, x.shape[-2:]))
+        shapes[name] = LayerShape.of(conv, hw)
+        signatures[name] = LayerSignature.of(conv, (conv.in_channels, *hw))
         bases[name] = dec.mode_bases(conv.weight)
         scale = 1.0 / (len(images) ** 2 * LayerShape.of(conv, x.shape[-2:]).hw_out)  # calibration positions
         tables[name] = tucker2_error_table(bases[name], patch_moment(conv, x, max_patches),
@@ -130,7 +140,25 @@ def build_space(
     fixed = {m: base_cost[m] - sum(s.full_cost()[m] for s in shapes.values()) for m in ("params", "flash", "macs")}
     fixed["ram"] = 0.0  # peak RAM is bounded layer by layer: each option's own working set + what lives beside it
     return SearchSpace(shapes, bases, tables, options, base_cost, fixed, step, time.perf_counter() - t0, input_size,
-                       ram_beside=beside)
+                       ram_beside=beside, signatures=signatures)
+
+
+LatencySource = Callable[[nn.Module, SearchSpace], LatencyCosts]
+"""Measures (or reads cached) latency for a space's options: ``source(model, space)``. The CLI passes
+:func:`stresnet.deploy.latency_table.search_latency` bound to a cache file; tests pass a fake table."""
+
+
+def attach_latency(space: SearchSpace, costs: LatencyCosts) -> None:
+    """Give every option a ``latency`` cost (ms) and the space a fixed one (``rest_ms``), so that a
+    ``latency<=`` budget is one more linear row of the ILP: sum of the chosen options' latency <= limit - rest."""
+    missing = sorted(set(space.options) - set(costs.layers))
+    if missing:
+        raise LatencyError(f"the latency table has no row for layer {missing[0]!r} ({len(missing)} layers missing)")
+    space.options = {name: [Option(o.spec, o.loss, {**o.cost, "latency": costs.of(name, o.spec)}) for o in opts]
+                     for name, opts in space.options.items()}
+    space.fixed_cost["latency"] = costs.rest_ms
+    space.base_cost["latency"] = costs.total({})
+    space.latency = costs
 
 
 def _ram_beside(live: tuple[int, int], spec: Mapping) -> int:
@@ -140,15 +168,15 @@ def _ram_beside(live: tuple[int, int], spec: Mapping) -> int:
 
 
 @torch.no_grad()
-def _input_sizes(model: nn.Module, modules: Mapping[str, nn.Module], size: Sequence[int]) -> dict[str, tuple[int, int]]:
-    """The spatial size of each module's input on one ``size`` sample (shapes only)."""
+def input_shapes(model: nn.Module, modules: Mapping[str, nn.Module], size: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """The shape (batch excluded) of each module's input on one ``size`` sample (shapes only)."""
     from ..cost import _sample_input
 
-    found: dict[str, tuple[int, int]] = {}
+    found: dict[str, tuple[int, ...]] = {}
 
     def keep(name: str) -> Callable:
         def hook(_m: nn.Module, args: tuple) -> None:  # returns None: the input passes unchanged
-            found.setdefault(name, tuple(args[0].shape[-2:]))
+            found.setdefault(name, tuple(args[0].shape[1:]))
         return hook
 
     hooks = [m.register_forward_pre_hook(keep(n)) for n, m in modules.items()]
@@ -164,6 +192,9 @@ def _input_sizes(model: nn.Module, modules: Mapping[str, nn.Module], size: Seque
 def searched_plan(space: SearchSpace, budget: Budget) -> Plan:
     """The ILP's plan for one budget (raises InfeasibleBudget with the smallest achievable size)."""
     limits = budget.limits(space.base_cost)
+    if "latency" in limits and space.latency is None:
+        raise BudgetError(f"budget {budget.text!r}: a latency limit needs a measured latency table "
+                          "(stresnet search --latency-cache PATH)")
     choice = solve(space.options, limits, space.fixed_cost)
     layers = {n: space.options[n][i].spec for n, i in choice.items() if space.options[n][i].spec["type"] != "full"}
     return Plan(layers=layers, meta={"method": "compressnas-ilp", "budget": budget.text,
@@ -265,6 +296,8 @@ def run_search(
 def plan_summary(space: SearchSpace, plan: Plan) -> dict:
     """Cost totals, compression ratio and estimated loss of a plan, for reports."""
     totals = {m: space.size(plan, m) for m in METRICS}
+    if space.latency is not None and space.latency.covers(plan.layers):
+        totals["predicted_latency_ms"] = space.latency.total(plan.layers)
     return {
         "method": plan.meta.get("method"),
         **totals,
@@ -276,13 +309,15 @@ def plan_summary(space: SearchSpace, plan: Plan) -> dict:
 
 def space_report(space: SearchSpace) -> dict:
     """Per-layer tables (JSON-ready, compact): shape, and one row per option with its loss and costs."""
-    columns = ["r_out", "r_in", "loss", *METRICS]
+    timed = space.latency is not None
+    columns = ["r_out", "r_in", "loss", *METRICS, *(["latency_ms"] if timed else [])]
     out = {}
     for name, opts in space.options.items():
         rows = []
         for o in opts:
             r_out, r_in = o.spec.get("ranks", [None, None])  # None, None = full
-            rows.append([r_out, r_in, float(f"{o.loss:.6g}"), *(int(o.cost[m]) for m in METRICS)])
+            rows.append([r_out, r_in, float(f"{o.loss:.6g}"), *(int(o.cost[m]) for m in METRICS),
+                         *([float(f"{o.cost['latency']:.4g}")] if timed else [])])
         out[name] = {"shape": vars(space.shapes[name]), "columns": columns, "options": rows}
     return out
 

@@ -12,8 +12,8 @@ from ..data import SELECTION_PER_CLASS, calibration_images, selection_images
 from ..evaluate import tensor_top1
 from ..plan import Plan, compress
 from ..resolve import model_from_name
-from .budgets import parse_budget
-from .pipeline import BASELINES, build_space, run_search
+from .budgets import BudgetError, parse_budget
+from .pipeline import BASELINES, LatencySource, attach_latency, build_space, run_search
 from .report import write_search
 
 
@@ -42,25 +42,40 @@ def search_and_write(
     evaluate: bool = False,
     seed: int = 0,
     progress: bool = True,
+    latency: LatencySource | None = None,
+    cost_size: int | None = None,
 ) -> dict:
     """Run the whole search; with ``evaluate`` also measure every plan's zero-shot top-1 on the selection split
     of ``DATA/train`` (``selection_top1``, what choices are made on) and on ``DATA/val`` (``top1``, reported only).
 
     Calibration images come from the ``fit`` part of ``DATA/train`` (see :func:`stresnet.data.split_indices`).
+    ``latency`` (a measured table, see :data:`~stresnet.search.pipeline.LatencySource`) prices every option's
+    latency, for ``latency<=`` budgets and the plans' predicted latency in the report. All costs (params aside)
+    are priced at ``cost_size`` px when given (e.g. latency at 224 px while calibrating at 128), else at ``size``.
     """
     parsed = [parse_budget(b) for b in budgets]  # fail on a bad budget before any work
+    timed = next((b for b in parsed if "latency" in b.absolute), None)
+    if timed is not None and latency is None:
+        raise BudgetError(f"budget {timed.text!r}: a latency limit needs a measured latency table "
+                          "(stresnet search --latency-cache PATH)")
     torch.manual_seed(seed)
     net = model_from_name(model, num_classes=num_classes, checkpoint=checkpoint)
     t0 = time.perf_counter()
     images, labels = calibration_images(_split(data, "train"), calib, size, seed=seed)
     t_calib = time.perf_counter() - t0
-    space = build_space(net, images, labels, estimator=estimator, step=step, tied=tied, progress=progress)
+    space = build_space(net, images, labels, estimator=estimator, step=step, tied=tied, progress=progress,
+                        cost_size=None if cost_size is None else (3, cost_size, cost_size))
+    if latency is not None:
+        attach_latency(space, latency(net, space))
     result = run_search(space, parsed, baselines)
     measured: dict[str, dict[str, dict]] = {}
     extra: dict = {"estimator": estimator,
                    "calibration": {"images": len(images), "size": size, "seed": seed, "seconds": t_calib,
                                    "source": "train/ fit part (no selection split, no ILSVRC2012_val_*)"},
                    "checkpoint": str(checkpoint) if checkpoint else None}
+    if space.latency is not None:
+        extra["latency"] = {"rest_ms": space.latency.rest_ms, "dense_ms": space.base_cost["latency"],
+                            "threads": space.latency.threads, "table": space.latency.source}
     if evaluate:
         from ..evaluate import accuracy
 

@@ -1,0 +1,320 @@
+"""Measured latency tables: every layer option timed alone in onnxruntime, once per shape signature.
+
+A network's batch-1 latency is predicted as a sum: ``rest + sum over its searched layers of the
+chosen option's latency``, each layer timed alone (an ONNX file of that one factorised layer, built
+by the factorisation registry) and cached in a JSON file by :class:`LayerSignature` key, so a
+search over thousands of options or a re-run of ``stresnet bench latency --predict`` times each
+shape once. ``rest`` (BN-folded activations, pooling, adds, the head, and, negatively, the per-run
+overhead every layer timed alone pays once) is measured once per network as
+
+    rest = latency(reference network) - sum of latency(reference network's layers, each alone)
+
+with the searched layers of the reference at small Tucker-2 ranks (``reference="floor"``, the
+default) or dense (``"dense"``, the base itself). The floor keeps both terms small: with the dense
+base, ``rest`` is the difference of two numbers ~10x larger than a compressed model's latency, and
+their timing noise lands on it whole. Timing is :func:`stresnet.deploy.latency.bench_latency`'s
+(medians over round-robin rounds, one onnxruntime session alive at a time).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import platform
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+
+from torch import nn
+
+from ..layers import registry
+from ..plan import Plan, build, compress
+from ..search.latency_costs import FULL, LatencyCosts, LatencyError, LayerSignature, spec_key
+from ..search.pipeline import SearchSpace, decomposable_convs, input_shapes
+from ..utils.io import atomic_write_json
+from .latency import bench_latency
+from .tables import text_table
+
+__all__ = ["FORMAT", "LatencyTable", "layer_module", "measure_layers", "measure_network", "latency_costs",
+           "search_latency", "predict_plan", "plan_for_name", "predict_vs_measured", "format_prediction"]
+
+FORMAT = "stresnet-latency/1"
+Reference = Literal["floor", "dense"]
+FLOOR_RANK = 8  # the reference's Tucker-2 ranks: the smallest grid step the search offers
+CHUNK = 24  # layers timed per bench_latency call: the cache is saved after each, so an interrupted fill keeps most
+Timer = Callable[..., dict]  # bench_latency's signature; tests pass a fake one
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def runtime_env() -> dict[str, Any]:
+    """What a cached latency is only valid for: the onnxruntime version and the CPU."""
+    import os
+
+    import onnxruntime
+
+    return {"onnxruntime": onnxruntime.__version__, "cpu": _cpu_name(), "cpu_count": os.cpu_count()}
+
+
+class LatencyTable:
+    """A JSON cache of measured latencies: ``layers`` by :meth:`LayerSignature.key`, ``networks`` by
+    :func:`network_key`, each ``{"median_ms", "samples", "other_cores"}`` (``other_cores``: how many cores'
+    worth of CPU other processes used while it was timed; above ~0.25 the value is suspect).
+
+    A table belongs to one runtime and CPU (``env``); loading one measured elsewhere is an error
+    rather than a silent mix of two machines' numbers.
+    """
+
+    def __init__(self, path: str | Path | None = None, env: Mapping[str, Any] | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.env = dict(env) if env is not None else None
+        self.layers: dict[str, dict[str, float]] = {}
+        self.networks: dict[str, dict[str, float]] = {}
+
+    @classmethod
+    def load(cls, path: str | Path, env: Mapping[str, Any] | None = None) -> "LatencyTable":
+        """The table at ``path`` (empty when the file does not exist yet), checked against ``env``
+        (default: this machine's :func:`runtime_env`)."""
+        import json
+
+        env = dict(env) if env is not None else runtime_env()
+        table = cls(path, env)
+        path = Path(path)
+        if not path.is_file():
+            return table
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise LatencyError(f"latency table {path}: not readable JSON ({e})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise LatencyError(f"latency table {path}: not a {FORMAT} file")
+        if data.get("env") != env:
+            raise LatencyError(f"latency table {path} was measured on {data.get('env')}, this is {env}: "
+                               "use another file")
+        table.layers = dict(data.get("layers", {}))
+        table.networks = dict(data.get("networks", {}))
+        return table
+
+    def save(self) -> None:
+        if self.path is not None:
+            atomic_write_json(self.path, {"format": FORMAT, "env": self.env, "layers": self.layers,
+                                          "networks": self.networks})
+
+    def busy_entries(self, threshold: float = 0.25) -> int:
+        """How many entries were timed while other processes used more than ``threshold`` cores."""
+        rows = [*self.layers.values(), *self.networks.values()]
+        return sum(1 for r in rows if (r.get("other_cores") or 0.0) > threshold)
+
+
+def layer_module(sig: LayerSignature, spec: Mapping[str, Any]) -> nn.Module:
+    """The module ``spec`` becomes on a layer of signature ``sig`` (random weights: speed does not depend on them)."""
+    if sig.kind == "linear":
+        dense: nn.Module = nn.Linear(sig.c_in, sig.c_out, bias=sig.bias)
+    else:
+        dense = nn.Conv2d(sig.c_in, sig.c_out, sig.kernel, sig.stride, sig.padding, sig.dilation, sig.groups,
+                          sig.bias, sig.padding_mode)
+    try:
+        fact = registry.for_spec(spec)
+        fact.check_module(dense, spec)
+    except registry.SpecError as e:
+        raise LatencyError(f"latency table: {sig.key(spec, 0)}: {e}") from None
+    return fact.build(dense, spec, init="random").eval()
+
+
+def _entry(result: Mapping[str, Any], name: str) -> dict[str, float]:
+    row = result["models"][name]["onnxruntime"]
+    return {"median_ms": float(row["median_ms"]), "samples": int(row["samples"]),
+            "other_cores": result["env"].get("other_processes_cores")}
+
+
+def measure_layers(
+    table: LatencyTable,
+    requests: Mapping[str, tuple[LayerSignature, Mapping[str, Any]]],
+    threads: int,
+    warmup: int = 5,
+    iters: int = 30,
+    rounds: int = 3,
+    timer: Timer = bench_latency,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Latency (ms) of each requested ``key: (signature, spec)``; only keys the table lacks are timed.
+
+    Layers sharing an input shape are timed together (round-robin, so load drift hits them alike);
+    the table is saved after every chunk.
+    """
+    from tqdm import tqdm
+
+    missing: dict[tuple[int, ...], list[str]] = {}
+    for key, (sig, _) in requests.items():
+        if key not in table.layers:
+            missing.setdefault(sig.input_shape, []).append(key)
+    chunks = [(shape, keys[i:i + CHUNK]) for shape, keys in missing.items() for i in range(0, len(keys), CHUNK)]
+    for shape, keys in tqdm(chunks, desc="latency table", disable=not progress or not chunks, leave=False):
+        models = {key: layer_module(*requests[key]) for key in keys}
+        result = timer(models, shape, threads=threads, warmup=warmup, iters=iters, baseline=None, rounds=rounds,
+                       backends=("onnxruntime",))
+        for key in keys:
+            table.layers[key] = _entry(result, key)
+        table.save()
+    return {key: table.layers[key]["median_ms"] for key in requests}
+
+
+def network_key(model: nn.Module, input_size: Sequence[int], threads: int) -> str:
+    """A network's cache key: its class, a hash of its module tree (every layer's shape), input size, threads."""
+    digest = hashlib.sha256(repr(model).encode()).hexdigest()[:16]
+    return f"{type(model).__name__} {digest} @{'x'.join(map(str, input_size))} t{int(threads)}"
+
+
+def measure_network(
+    table: LatencyTable,
+    model: nn.Module,
+    input_size: Sequence[int],
+    threads: int,
+    warmup: int = 10,
+    iters: int = 50,
+    rounds: int = 5,
+    timer: Timer = bench_latency,
+) -> float:
+    """Whole-network latency (ms), timed once per :func:`network_key` and cached."""
+    key = network_key(model, input_size, threads)
+    if key not in table.networks:
+        result = timer({key: model}, tuple(input_size), threads=threads, warmup=warmup, iters=iters, baseline=None,
+                       rounds=rounds, backends=("onnxruntime",))
+        table.networks[key] = _entry(result, key)
+        table.save()
+    return table.networks[key]["median_ms"]
+
+
+def reference_spec(sig: LayerSignature, reference: Reference) -> dict:
+    """The spec of one searched layer in the reference network that ``rest`` is measured on."""
+    if reference == "dense" or sig.kind != "conv" or sig.groups != 1:
+        return dict(FULL)
+    return {"type": "tucker2", "ranks": [min(FLOOR_RANK, sig.c_out), min(FLOOR_RANK, sig.c_in)]}
+
+
+def latency_costs(
+    table: LatencyTable,
+    model: nn.Module,
+    layers: Mapping[str, LayerSignature],
+    options: Mapping[str, Iterable[Mapping[str, Any]]],
+    input_size: Sequence[int],
+    threads: int,
+    reference: Reference = "floor",
+    timer: Timer = bench_latency,
+    progress: bool = False,
+) -> LatencyCosts:
+    """Measured latency of every option of every searched layer of ``model`` (a dense network whose
+    ``layers`` are the searched ones), and ``rest_ms`` from the reference network (see the module doc)."""
+    if reference not in ("floor", "dense"):
+        raise LatencyError(f"latency reference {reference!r}: expected 'floor' or 'dense'")
+    refs = {name: reference_spec(sig, reference) for name, sig in layers.items()}
+    wanted: dict[str, dict[str, Any]] = {}  # layer -> spec key -> spec
+    for name, specs in options.items():
+        wanted[name] = {}
+        for spec in [FULL, *specs, refs[name]]:
+            wanted[name].setdefault(layers[name].key(spec, threads), dict(spec))
+    requests = {key: (layers[name], spec) for name, row in wanted.items() for key, spec in row.items()}
+    ms = measure_layers(table, requests, threads, timer=timer, progress=progress)
+    ref_plan = Plan(layers={n: s for n, s in refs.items() if s["type"] != "full"})
+    ref_model = compress(copy.deepcopy(model), ref_plan, init="random") if ref_plan.layers else model
+    total = measure_network(table, ref_model, input_size, threads, timer=timer)
+    rest = total - math.fsum(ms[layers[n].key(s, threads)] for n, s in refs.items())
+    per_layer = {name: {spec_key(spec): ms[key] for key, spec in row.items()} for name, row in wanted.items()}
+    return LatencyCosts(rest, per_layer, threads=int(threads), source=str(table.path) if table.path else None)
+
+
+def search_latency(
+    model: nn.Module,
+    space: SearchSpace,
+    table: LatencyTable,
+    threads: int,
+    reference: Reference = "floor",
+    timer: Timer = bench_latency,
+    progress: bool = True,
+) -> LatencyCosts:
+    """The latency of every option of a search space (a :data:`~stresnet.search.pipeline.LatencySource`
+    once ``table`` and ``threads`` are bound), at the space's input size."""
+    options = {name: [o.spec for o in opts] for name, opts in space.options.items()}
+    return latency_costs(table, model, space.signatures, options, space.input_size, threads, reference, timer,
+                         progress)
+
+
+def _searched_layers(base: nn.Module, plan: Plan, input_size: Sequence[int]) -> dict[str, LayerSignature]:
+    """Signatures of the layers a prediction sums over: the base's decomposable convs and the plan's layers."""
+    modules = dict(decomposable_convs(base))
+    for name in plan.layers:
+        modules.setdefault(name, base.get_submodule(name))
+    shapes = input_shapes(base, modules, input_size)
+    return {name: LayerSignature.of(m, shapes[name]) for name, m in modules.items() if name in shapes}
+
+
+def predict_plan(
+    table: LatencyTable,
+    plan: Plan,
+    input_size: Sequence[int],
+    threads: int,
+    num_classes: int | None = None,
+    reference: Reference = "floor",
+    timer: Timer = bench_latency,
+) -> dict[str, float]:
+    """Predicted batch-1 latency (ms) of ``plan``'s model: its base (with the plan's surgery) built dense,
+    ``rest_ms`` measured on the reference, plus every searched layer's chosen spec timed alone."""
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    base = build(Plan(base=plan.base, surgery=plan.surgery), **kwargs).eval()
+    layers = _searched_layers(base, plan, input_size)
+    specs = {name: plan.layers.get(name, FULL) for name in layers}
+    costs = latency_costs(table, base, layers, {n: [s] for n, s in specs.items()}, input_size, threads, reference,
+                          timer)
+    return {"predicted_ms": costs.total(specs), "rest_ms": costs.rest_ms, "layers": len(layers)}
+
+
+def plan_for_name(name: str) -> Plan:
+    """The plan behind a model name ``stresnet bench latency`` accepts: a plan file, a zoo variant, or a
+    plain timm architecture (its dense self)."""
+    from ..zoo.models import VARIANTS, packaged_plan
+
+    if name in VARIANTS:
+        return packaged_plan(name)
+    if name.endswith(".json") or Path(name).is_file():
+        return Plan.load(name)
+    return Plan(base={"arch": name})
+
+
+def predict_vs_measured(
+    bench: Mapping[str, Any],
+    plans: Mapping[str, Plan],
+    table: LatencyTable,
+    num_classes: int | None = None,
+    reference: Reference = "floor",
+    timer: Timer = bench_latency,
+) -> dict[str, dict[str, float]]:
+    """Per model of a :func:`~stresnet.deploy.latency.bench_latency` result: predicted ms (from ``table``,
+    filled as needed), the run's measured onnxruntime median, and the relative error (pred - meas) / meas."""
+    out = {}
+    for name, plan in plans.items():
+        pred = predict_plan(table, plan, bench["input_size"], bench["threads"], num_classes, reference, timer)
+        measured = bench["models"][name]["onnxruntime"]["median_ms"]
+        out[name] = {**pred, "measured_ms": measured, "rel_error": (pred["predicted_ms"] - measured) / measured}
+    return out
+
+
+def format_prediction(rows: Mapping[str, Mapping[str, float]], table: LatencyTable | None = None) -> str:
+    """A text table: predicted vs measured onnxruntime ms and the relative error per model."""
+    body = [[name, f"{r['predicted_ms']:.2f}", f"{r['measured_ms']:.2f}", f"{100 * r['rel_error']:+.1f}%",
+             f"{r['rest_ms']:.2f}", str(r["layers"])] for name, r in rows.items()]
+    lines = ["predicted (rest + sum of layers timed alone) vs measured onnxruntime latency",
+             *text_table(["model", "predicted ms", "measured ms", "error", "rest ms", "layers"], body)]
+    if rows:
+        worst = max(abs(r["rel_error"]) for r in rows.values())
+        lines.append(f"largest |error|: {100 * worst:.1f}%")
+    busy = table.busy_entries() if table is not None else 0
+    if busy:
+        lines.append(f"warning: {busy} table entries were timed while other processes used > 0.25 cores")
+    return "\n".join(lines)

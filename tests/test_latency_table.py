@@ -1,0 +1,186 @@
+"""Latency tables and the latency budget, with a fake timer: no test here times anything.
+
+The fake timer stands in for ``bench_latency`` and prices a model by its MACs (``stresnet.cost.profile``),
+which are exactly additive over layers: the sum-of-layers prediction must then equal the whole network's
+fake latency, whatever the plan, so any mix-up of signatures, specs or the rest constant shows.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from stresnet.cli import main
+from stresnet.cost import profile
+from stresnet.deploy.latency_table import (LatencyTable, format_prediction, measure_layers, predict_plan,
+                                           predict_vs_measured, search_latency)
+from stresnet.plan import Plan, build
+from stresnet.search.budgets import BudgetError, parse_budget
+from stresnet.search.latency_costs import LatencyError, LayerSignature
+from stresnet.search.pipeline import attach_latency, build_space, searched_plan
+
+ENV = {"onnxruntime": "fake", "cpu": "test", "cpu_count": 1}
+
+
+class FakeTimer:
+    """``bench_latency``'s interface; a model's "latency" is its MACs / 1e6 on the given input size."""
+
+    def __init__(self) -> None:
+        self.timed: list[str] = []
+
+    def __call__(self, models, input_size, **kwargs) -> dict:
+        assert kwargs["backends"] == ("onnxruntime",) and kwargs["baseline"] is None
+        self.timed += list(models)
+        return {"models": {name: {"onnxruntime": {"median_ms": profile(m, tuple(input_size)).macs / 1e6,
+                                                  "samples": 3}} for name, m in models.items()},
+                "env": {"other_processes_cores": 0.0}}
+
+
+def toy() -> nn.Module:
+    """Four convs whose params and (fake) latency disagree: the last one holds most params at the smallest size."""
+    torch.manual_seed(0)
+
+    def block(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
+        return [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+    return nn.Sequential(*block(3, 16, 1), *block(16, 32, 1), *block(32, 32, 2), *block(32, 64, 2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)).eval()
+
+
+def toy_space():
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    return build_space(toy(), images, estimator="mse", step=8, progress=False)
+
+
+# the toy's plans before latency existed (computed with main at aa54fcf, before the latency cost existed)
+PLANS_BEFORE = {"2x": {"9": {"type": "tucker2", "ranks": [8, 8]}},
+                "4x": {"3": {"type": "tucker2", "ranks": [24, 16]}, "6": {"type": "tucker2", "ranks": [8, 8]},
+                       "9": {"type": "tucker2", "ranks": [8, 8]}}}
+
+
+def test_cache_hit_does_not_remeasure(tmp_path: Path) -> None:
+    conv = nn.Conv2d(16, 32, 3, padding=1)
+    sig = LayerSignature.of(conv, (16, 8, 8))
+    specs = [{"type": "full"}, {"type": "tucker2", "ranks": [8, 8]}]
+    requests = {sig.key(s, 2): (sig, s) for s in specs}
+    timer = FakeTimer()
+    first = measure_layers(LatencyTable(tmp_path / "t.json", ENV), requests, threads=2, timer=timer)
+    assert sorted(timer.timed) == sorted(requests)
+    again = FakeTimer()
+    second = measure_layers(LatencyTable.load(tmp_path / "t.json", ENV), requests, threads=2, timer=again)
+    assert again.timed == [] and second == first
+    assert first[sig.key(specs[1], 2)] < first[sig.key(specs[0], 2)]  # the factorised layer is cheaper
+    with pytest.raises(LatencyError, match="measured on"):  # another machine's table is refused, not mixed in
+        LatencyTable.load(tmp_path / "t.json", {**ENV, "cpu": "other"})
+
+
+def test_signature_distinguishes_shapes() -> None:
+    spec = {"type": "full"}
+    key = LayerSignature.of(nn.Conv2d(16, 32, 3, padding=1), (16, 8, 8)).key(spec, 2)
+    assert LayerSignature.of(nn.Conv2d(16, 32, 3, padding=1), (16, 8, 8)).key(spec, 2) == key  # same shape
+    others = [
+        LayerSignature.of(nn.Conv2d(16, 32, 3, padding=1), (16, 16, 16)).key(spec, 2),  # input size
+        LayerSignature.of(nn.Conv2d(16, 32, 3, padding=1, stride=2), (16, 8, 8)).key(spec, 2),  # stride
+        LayerSignature.of(nn.Conv2d(16, 48, 3, padding=1), (16, 8, 8)).key(spec, 2),  # channels
+        LayerSignature.of(nn.Conv2d(16, 32, 1), (16, 8, 8)).key(spec, 2),  # kernel
+        LayerSignature.of(nn.Conv2d(16, 32, 3, padding=1, groups=16), (16, 8, 8)).key(spec, 2),  # groups
+        LayerSignature.of(nn.Conv2d(16, 32, 3, padding=1), (16, 8, 8)).key(spec, 1),  # threads
+        LayerSignature.of(nn.Conv2d(16, 32, 3, padding=1), (16, 8, 8)).key({"type": "tucker2", "ranks": [8, 8]}, 2),
+        LayerSignature.of(nn.Linear(16, 32), (16,)).key(spec, 2),
+    ]
+    assert len({key, *others}) == 1 + len(others)
+
+
+@pytest.mark.parametrize(("text", "ms", "label"), [("latency<=12ms", 12.0, "latency12ms"),
+                                                    ("LATENCY <= 1500us", 1.5, "latency1500us"),
+                                                    ("latency<=0.012s", 12.0, "latency0.012s")])
+def test_latency_budget_units(text: str, ms: float, label: str) -> None:
+    budget = parse_budget(text)
+    assert budget.absolute == {"latency": pytest.approx(ms)} and budget.label == label
+    assert parse_budget(f"8x,{text}").limits({"params": 8.0}) == {"params": 1.0, "latency": pytest.approx(ms)}
+
+
+@pytest.mark.parametrize(("text", "why"), [("latency<=12", "no unit"), ("latency<=12kb", "unknown unit"),
+                                           ("latency<=0ms", "must be > 0")])
+def test_bad_latency_budgets_name_the_term(text: str, why: str) -> None:
+    with pytest.raises(BudgetError, match=why):
+        parse_budget(text)
+
+
+def test_without_a_latency_table_the_plan_is_unchanged() -> None:
+    space = toy_space()
+    for budget, layers in PLANS_BEFORE.items():
+        assert searched_plan(space, parse_budget(budget)).layers == layers
+    assert "latency" not in space.fixed_cost and all("latency" not in o.cost for o in space.options["0"])
+    with pytest.raises(BudgetError, match="latency table"):
+        searched_plan(space, parse_budget("2x,latency<=1ms"))
+
+
+def test_latency_budget_changes_the_plan(tmp_path: Path) -> None:
+    model, space = toy(), toy_space()
+    before = searched_plan(space, parse_budget("2x"))
+    attach_latency(space, search_latency(model, space, LatencyTable(tmp_path / "t.json", ENV), threads=2,
+                                         timer=FakeTimer(), progress=False))
+    assert searched_plan(space, parse_budget("2x")).layers == before.layers  # a cost alone changes nothing
+    lo = space.fixed_cost["latency"] + sum(min(o.cost["latency"] for o in opts) for opts in space.options.values())
+    hi = space.size(before, "latency")
+    assert lo < hi
+    limit = (lo + hi) / 2
+    after = searched_plan(space, parse_budget(f"2x,latency<={limit}ms"))
+    assert after.layers != before.layers
+    assert space.size(after, "latency") <= limit + 1e-9 and space.size(after) <= space.base_cost["params"] / 2
+
+
+def test_prediction_is_exact_when_latency_is_additive(tmp_path: Path) -> None:
+    plan = Plan(base={"arch": "resnet18", "num_classes": 10},
+                layers={"layer1.0.conv1": {"type": "tucker2", "ranks": [16, 16]},
+                        "layer3.1.conv2": {"type": "tucker2", "ranks": [32, 64]},
+                        "fc": {"type": "svd", "rank": 8}})
+    size = (3, 32, 32)
+    truth = profile(build(plan), size).macs / 1e6
+    table = LatencyTable(tmp_path / "t.json", ENV)
+    for reference in ("floor", "dense"):
+        pred = predict_plan(table, plan, size, threads=2, reference=reference, timer=FakeTimer())
+        assert pred["predicted_ms"] == pytest.approx(truth, rel=1e-9)
+    again = FakeTimer()
+    predict_plan(LatencyTable.load(tmp_path / "t.json", ENV), plan, size, threads=2, timer=again)
+    assert again.timed == []  # every layer and both reference networks came from the cache file
+    bench = {"input_size": list(size), "threads": 2, "models": {"m": {"onnxruntime": {"median_ms": 2 * truth}}}}
+    rows = predict_vs_measured(bench, {"m": plan}, table, timer=again)
+    assert rows["m"]["rel_error"] == pytest.approx(-0.5)
+    assert "-50.0%" in format_prediction(rows)
+
+
+def test_search_cli_refuses_a_latency_budget_without_a_table(tmp_path: Path, capsys) -> None:
+    code = main(["search", "--data", str(tmp_path), "--out", str(tmp_path / "out"), "--budget", "8x,latency<=5ms"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "latency table" in err[0]
+
+
+def test_table_file_is_readable_json(tmp_path: Path) -> None:
+    sig = LayerSignature.of(nn.Conv2d(8, 8, 3, padding=1), (8, 4, 4))
+    measure_layers(LatencyTable(tmp_path / "t.json", ENV), {"k": (sig, {"type": "full"})}, threads=1,
+                   timer=FakeTimer())
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["format"] == "stresnet-latency/1" and data["env"] == ENV and set(data["layers"]) == {"k"}
+
+
+def test_search_run_reports_predicted_latency(tree: Path, tmp_path: Path) -> None:
+    from functools import partial
+
+    from stresnet.search.run import search_and_write
+
+    source = partial(search_latency, table=LatencyTable(tmp_path / "t.json", ENV), threads=1, timer=FakeTimer(),
+                     progress=False)
+    report = search_and_write("resnet18", None, tree, ["4x", "4x,latency<=7.5ms"], tmp_path / "out", num_classes=3,
+                              size=32, calib=6, step=32, tied=True, baselines=("uniform",), progress=False,
+                              latency=source)
+    assert report["latency"]["rest_ms"] == report["fixed_cost"]["latency"]
+    free, timed = (report["budgets"][k]["methods"]["searched"] for k in ("4x", "4x_latency7.5ms"))
+    # fake latency = MACs / 1e6: the prediction of a plan is its MACs (the report's analytic count) at 32 px
+    assert free["predicted_latency_ms"] == pytest.approx(free["macs"] / 1e6)
+    assert free["predicted_latency_ms"] > 7.5 >= timed["predicted_latency_ms"]
+    assert "predicted_latency_ms" in report["budgets"]["4x"]["methods"]["uniform"]
