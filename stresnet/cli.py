@@ -207,7 +207,7 @@ def _cmd_import_weights(args: argparse.Namespace) -> int:
     known = KNOWN[args.name]
     source = args.source if args.source is not None else package_file(args.name)
     out = convert(source, known.arch, args.out, pretrained_cfg=known.pretrained_cfg,
-                  sha256=None if args.source is not None else known.sha256)
+                  sha256=None if args.source is not None else known.sha256, cfg_source=known.cfg_source)
     print(f"wrote {out} ({known.arch}, from {source})")
     return 0
 
@@ -218,6 +218,7 @@ def _cmd_eval_imagenet(args: argparse.Namespace) -> int:
 
     result = measure_base(args.model, args.checkpoint, args.data, crop_pcts=args.crop_pct or [None],
                           limit=args.limit, batch_size=args.batch_size, progress=not args.quiet)
+    result["command"] = " ".join(["stresnet", *sys.argv[1:]])
     for row in result["results"]:
         print(f"{args.model} crop_pct {row['crop_pct']}: top-1 {100 * row['top1']:.2f} %  "
               f"top-5 {100 * row['top5']:.2f} %  ({row['images']} images)")

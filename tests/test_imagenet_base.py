@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from stresnet.cli import main
-from stresnet.imagenet.weights import (KNOWN, WeightsError, checkpoint_cfg, convert, load_state_dict,
-                                       rename_by_order)
+from stresnet.imagenet.weights import (KNOWN, WeightsError, checkpoint_cfg, checkpoint_metadata, convert,
+                                       load_state_dict, rename_by_order)
 
 
 def _toy() -> tuple[OrderedDict, OrderedDict]:
@@ -95,8 +95,10 @@ def test_convert_writes_timm_safetensors_with_the_cfg(tmp_path: Path) -> None:
                           for k, v in state.items())  # conv_stem.weight -> _conv_stem.weight
     torch.save(renamed, tmp_path / "pkg.pth")
     known = KNOWN["efficientnet-lite0"]
-    out = convert(tmp_path / "pkg.pth", "efficientnet_lite0", tmp_path / "m.safetensors", known.pretrained_cfg)
+    out = convert(tmp_path / "pkg.pth", "efficientnet_lite0", tmp_path / "m.safetensors", known.pretrained_cfg,
+                  cfg_source="the test")
     assert checkpoint_cfg(out)["mean"] == (0.5, 0.5, 0.5)
+    assert checkpoint_metadata(out)["stresnet.cfg_source"] == "the test"
     loaded = base_model("efficientnet_lite0", out)
     assert all(torch.equal(v, state[k]) for k, v in loaded.state_dict().items())
     assert loaded.pretrained_cfg["crop_pct"] == known.pretrained_cfg["crop_pct"]

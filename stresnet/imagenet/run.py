@@ -12,7 +12,7 @@ from ..resolve import model_from_name
 from ..utils.provenance import data_fingerprint, provenance, utc_now
 from .evaluate import data_config, imagenet_accuracy
 from .split import imagenet_val_samples
-from .weights import checkpoint_cfg
+from .weights import checkpoint_cfg, checkpoint_metadata
 
 __all__ = ["base_model", "measure_base"]
 
@@ -38,7 +38,7 @@ def measure_base(arch: str, checkpoint: str | Path, folder: str | Path, crop_pct
     for crop in crop_pcts:
         config = data_config(model, {"crop_pct": crop})
         rows.append({**config, **imagenet_accuracy(model, samples, config, batch_size=batch_size, progress=progress)})
-    return {"model": arch, "checkpoint": str(checkpoint), "pretrained_cfg": checkpoint_cfg(checkpoint),
+    return {"model": arch, "checkpoint": str(checkpoint), "checkpoint_metadata": checkpoint_metadata(checkpoint),
             "split": {"folder": str(folder), "images": len(samples), "what": "ILSVRC2012_val_* files of train/ and "
                       "val/, labelled by their folder's synset (ImageNet-1k index from timm.data.ImageNetInfo)"},
             "results": rows,

@@ -21,7 +21,7 @@ from ..utils.io import atomic_write_bytes
 from ..utils.provenance import file_sha256
 
 __all__ = ["KNOWN", "KnownWeights", "WeightsError", "load_state_dict", "rename_by_order", "convert",
-           "package_file", "checkpoint_cfg", "CFG_KEY"]
+           "package_file", "checkpoint_cfg", "checkpoint_metadata", "CFG_KEY"]
 
 CFG_KEY = "stresnet.pretrained_cfg"
 """safetensors metadata key holding the timm pretrained cfg (JSON) that the converted weights need."""
@@ -122,10 +122,11 @@ def rename_by_order(source: Mapping[str, torch.Tensor], target: Mapping[str, tor
 
 
 def convert(source: str | Path, arch: str, out: str | Path, pretrained_cfg: Mapping[str, Any] | None = None,
-            sha256: str | None = None) -> Path:
+            sha256: str | None = None, cfg_source: str = "") -> Path:
     """Convert the state dict at ``source`` to timm ``arch``'s keys (:func:`rename_by_order`) and write it as
     safetensors at ``out``; ``pretrained_cfg`` (the overrides of timm's cfg the weights need) goes into the file's
-    metadata (:func:`checkpoint_cfg` reads it back). ``sha256``, when given, must be the source file's."""
+    metadata (:func:`checkpoint_cfg` reads it back) with ``cfg_source``, where its values come from.
+    ``sha256``, when given, must be the source file's."""
     import timm
     from safetensors.torch import save
 
@@ -136,15 +137,20 @@ def convert(source: str | Path, arch: str, out: str | Path, pretrained_cfg: Mapp
     target = timm.create_model(arch, pretrained=False).state_dict()
     tensors = rename_by_order(state, target, what=f"source {source}")
     meta = {"stresnet.arch": arch, "stresnet.source": source.name, "stresnet.source_sha256": file_sha256(source),
-            CFG_KEY: json.dumps(dict(pretrained_cfg or {}))}
+            CFG_KEY: json.dumps(dict(pretrained_cfg or {})), "stresnet.cfg_source": cfg_source}
     return atomic_write_bytes(out, save(tensors, metadata=meta))
 
 
-def checkpoint_cfg(path: str | Path) -> dict[str, Any]:
-    """The pretrained cfg overrides :func:`convert` stored in a safetensors checkpoint (empty when it has none)."""
+def checkpoint_metadata(path: str | Path) -> dict[str, str]:
+    """The ``stresnet.*`` metadata :func:`convert` wrote into a safetensors checkpoint (where it came from)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-    cfg = json.loads(meta.get(CFG_KEY, "{}"))
+    return {k: v for k, v in meta.items() if k.startswith("stresnet.")}
+
+
+def checkpoint_cfg(path: str | Path) -> dict[str, Any]:
+    """The pretrained cfg overrides :func:`convert` stored in a safetensors checkpoint (empty when it has none)."""
+    cfg = json.loads(checkpoint_metadata(path).get(CFG_KEY, "{}"))
     return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
