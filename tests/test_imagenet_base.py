@@ -140,3 +140,13 @@ def test_the_converted_package_weights_classify_imagenet(shared: Path, tmp_path:
     subset = imagenet_val_samples(shared / "data" / "imagenette2-160")[::15]  # every class, ~30 images
     acc = imagenet_accuracy(model, subset, data_config(model), batch_size=len(subset))
     assert acc["images"] == len(subset) and acc["top1"] > 0.3  # chance is 0.001
+
+
+def test_the_lite0_cfg_is_timms_published_tf_efficientnet_lite0_cfg() -> None:
+    """The evaluation transform comes from a published cfg, not from tuning on the evaluation images."""
+    import timm
+
+    published = timm.get_pretrained_cfg("tf_efficientnet_lite0.in1k").to_dict()
+    ours = KNOWN["efficientnet-lite0"].pretrained_cfg
+    assert {k: ours[k] for k in ("interpolation", "mean", "std", "crop_pct")} == \
+        {k: published[k] for k in ("interpolation", "mean", "std", "crop_pct")}
