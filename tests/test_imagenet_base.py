@@ -150,3 +150,32 @@ def test_the_lite0_cfg_is_timms_published_tf_efficientnet_lite0_cfg() -> None:
     ours = KNOWN["efficientnet-lite0"].pretrained_cfg
     assert {k: ours[k] for k in ("interpolation", "mean", "std", "crop_pct")} == \
         {k: published[k] for k in ("interpolation", "mean", "std", "crop_pct")}
+
+
+def test_zero_shot_arms_hold_the_budget_and_name_what_they_leave_dense() -> None:
+    """Every arm's stored params (values and indices) are at most the budget (pruning: within rounding), and the
+    modules no existing function covers on efficientnet_lite0 are reported with the toolkit's own refusal."""
+    import timm
+
+    from stresnet.cost import plan_params
+    from stresnet.plan import Plan
+    from stresnet.zero_shot import arm_plans, uncovered
+
+    model = timm.create_model("efficientnet_lite0").eval()
+    dense = plan_params(model, Plan(layers={}))
+    target = int(dense / 1.5)
+    plans, failures = arm_plans(model, target, fractions=(0.25,))
+    assert set(plans) == {"prune", "svd", "tucker2", "lrs_0.25"} and not failures
+    for arm, plan in plans.items():
+        params = plan_params(model, plan)
+        assert params <= target + 10 and params > 0.98 * target, (arm, params, target)
+    assert all(spec["type"] == "lrs" for spec in plans["lrs_0.25"].layers.values())
+    lines = uncovered(model)
+    assert any("'classifier'" in line and "sparse needs Conv2d" in line for line in lines)
+    assert any("depthwise" in line for line in lines)
+
+
+def test_zero_shot_cli_refuses_a_budget_below_one(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["zero-shot-imagenet", "--checkpoint", "c", "--data", "d", "--budget", "0.5x"])
+    assert "budget '0.5x'" in capsys.readouterr().err
