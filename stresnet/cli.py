@@ -249,7 +249,8 @@ def _cmd_zero_shot_imagenet(args: argparse.Namespace) -> int:
     print(f"dense: {result['dense']['params']} params, top-1 {100 * result['dense']['top1']:.2f} %")
     for label, row in result["budgets"].items():
         for arm, r in row["arms"].items():
-            print(f"{label:>5} {arm:>9}: {r['params']} params, top-1 {100 * r['top1']:.2f} %, top-5 {100 * r['top5']:.2f} %")
+            print(f"{label:>5} {arm:>9}: {r['params']} params, top-1 {100 * r['top1']:.2f} %, top-5 {100 * r['top5']:.2f} %, "
+                  f"{r['predicted_classes']} classes predicted")
         for arm, why in row["failed"].items():
             print(f"{label:>5} {arm:>9}: not built: {why}")
     for line in result["uncovered"]:

@@ -47,15 +47,21 @@ def data_config(model: nn.Module, overrides: Mapping[str, Any] | None = None) ->
 @torch.no_grad()
 def imagenet_accuracy(model: nn.Module, samples: Sequence[tuple[str, int]], config: Mapping[str, Any],
                       batch_size: int = 50, workers: int = 1, progress: bool = False) -> dict[str, float]:
-    """``{"top1", "top5", "images"}`` of ``model`` on ``samples`` (paths with 1000-way labels), each image put
-    through ``timm.data.create_transform(**config)`` (a :func:`data_config`)."""
+    """``{"top1", "top5", "images", "predicted_classes"}`` of ``model`` on ``samples`` (paths with 1000-way
+    labels), each image put through ``timm.data.create_transform(**config)`` (a :func:`data_config`).
+
+    ``predicted_classes`` (distinct top-1 classes) exposes a collapsed model: one that answers the same class for
+    every image still scores that class's share of a 10-class split (e.g. 45 / 435 = 10.3 %)."""
     from timm.data import create_transform
 
     loader = DataLoader(LabelledFiles(samples, create_transform(**config)), batch_size=batch_size,
                         num_workers=workers)
     acc = TopK()
+    predicted: set[int] = set()
     device = next(model.parameters()).device
     with eval_mode(model):
         for x, y in tqdm(loader, desc="eval", disable=not progress, leave=False):
-            acc.update(model(x.to(device)), y.to(device))
-    return acc.result()
+            logits = model(x.to(device))
+            acc.update(logits, y.to(device))
+            predicted.update(logits.argmax(1).tolist())
+    return {**acc.result(), "predicted_classes": len(predicted)}
