@@ -23,7 +23,7 @@ fi
 "${PIP[@]}" install -q --no-deps -r "$LOCK"
 # stresnet and its extras, resolved against the same pins: with the lock installed nothing new
 # should come in (the detect extra is left out: it would pull opencv-python; ultralytics is locked).
-"${PIP[@]}" install -q -c "$LOCK" -e ".[test,export,plot]"
+"${PIP[@]}" install -q -c "$LOCK" -e ".[test,export,plot,imagenet]"
 # Every requirement of every installed package is met, but ultralytics' opencv-python (see above).
 if ! problems=$("${PIP[@]}" check 2>&1); then
     problems=$(grep -v -E '^ultralytics [^ ]+ requires opencv-python, which is not installed\.$' <<<"$problems" || true)

