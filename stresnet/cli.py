@@ -550,6 +550,17 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+def _imagenet_eval_options(p: argparse.ArgumentParser, model_help: str) -> None:
+    """The options every 1000-way evaluation on the ILSVRC2012_val_* images takes."""
+    p.add_argument("--model", default="efficientnet_lite0", help=model_help)
+    p.add_argument("--checkpoint", type=Path, required=True, help="safetensors weights (from import-weights)")
+    p.add_argument("--data", type=Path, required=True, help="Imagenette root with train/ and val/")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images (quick check)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--json-out", type=Path, default=None, help="write the results (with provenance) here")
+    p.add_argument("--quiet", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .imagenet.weights import KNOWN
     from .train.config import add_finetune_args
@@ -641,29 +652,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval-imagenet", help="1000-way top-1/top-5 on the ILSVRC2012_val_* images of an Imagenette "
                        "folder, with the checkpoint's timm pretrained cfg transform")
-    p.add_argument("--model", default="efficientnet_lite0", help="timm architecture (or plan JSON)")
-    p.add_argument("--checkpoint", type=Path, required=True, help="safetensors weights (from import-weights)")
-    p.add_argument("--data", type=Path, required=True, help="Imagenette root with train/ and val/")
+    _imagenet_eval_options(p, "timm architecture (or plan JSON)")
     p.add_argument("--crop-pct", type=float, action="append", default=None,
                    help="centre-crop fraction (repeat for several; default: the checkpoint's cfg)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N images (quick check)")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--json-out", type=Path, default=None, help="write the results (with provenance) here")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_eval_imagenet)
 
     p = sub.add_parser("zero-shot-imagenet", help="data-free arms (magnitude pruning, SVD, Tucker-2, LR+S) of an "
                        "ImageNet base at equal stored params, 1000-way top-1 on the ILSVRC2012_val_* images")
-    p.add_argument("--model", default="efficientnet_lite0", help="timm architecture")
-    p.add_argument("--checkpoint", type=Path, required=True, help="safetensors weights (from import-weights)")
-    p.add_argument("--data", type=Path, required=True, help="Imagenette root with train/ and val/")
+    _imagenet_eval_options(p, "timm architecture")
     p.add_argument("--budget", type=_factor, action="append", required=True,
                    help="factor of fewer stored params, e.g. 1.5x (repeat for several)")
     p.add_argument("--crop-pct", type=float, default=None, help="centre-crop fraction (default: the checkpoint's cfg)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N images (quick check)")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--json-out", type=Path, default=None, help="write the results (with provenance) here")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_zero_shot_imagenet)
 
     for verb, text in (("cards", "write a model card per zoo variant from measured numbers (+ the evidence report)"),

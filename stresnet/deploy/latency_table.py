@@ -44,23 +44,13 @@ CHUNK = 24  # layers timed per bench_latency call: the cache is saved after each
 Timer = Callable[..., dict]  # bench_latency's signature; tests pass a fake one
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def runtime_env() -> dict[str, Any]:
     """What a cached latency is only valid for: the onnxruntime version and the CPU."""
     import os
 
     import onnxruntime
 
-    return {"onnxruntime": onnxruntime.__version__, "cpu": _cpu_name(), "cpu_count": os.cpu_count()}
+    return {"onnxruntime": onnxruntime.__version__, "cpu": cpu_model() or platform.machine(), "cpu_count": os.cpu_count()}
 
 
 class LatencyTable:

@@ -59,7 +59,8 @@ def package_versions(packages: Iterable[str] = PACKAGES) -> dict[str, str | None
     return out
 
 
-def _cpu_model() -> str | None:
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows: timings and results name their CPU."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -74,7 +75,7 @@ def hardware() -> dict[str, Any]:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": _cpu_model(), "gpu": gpu, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    return {"cpu": cpu_model(), "gpu": gpu, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
 
 
 def static_provenance() -> dict[str, Any]:
