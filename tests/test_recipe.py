@@ -114,6 +114,11 @@ def test_overrides_and_variables(tree, tmp_path, monkeypatch):
     (lambda r: r.pop("data"), "missing required field 'data'"),
     (lambda r: r["stages"].append({"eval": {}}), "stage id 'eval' used twice"),
     (lambda r: r.update(task="segment"), "unknown task 'segment' \\(known: classify, detect\\)"),
+    (lambda r: r["stages"][3]["finetune"].update(choose={"lr": [0.1]}), "choose needs train_on: fit"),
+    (lambda r: r["stages"][3]["finetune"].update(train_on="fit", choose={"lr": []}), "choose must map"),
+    (lambda r: r["stages"][3]["finetune"].update(train_on="fit", choose={"lrr": [0.1]}),
+     "unknown training option 'lrr'"),
+    (lambda r: r["stages"][3]["finetune"].update(train_on="selection"), "train_on must be one of all, fit"),
 ])
 def test_bad_recipes_fail_with_one_line_naming_the_field(tree, tmp_path, edit, message):
     recipe = _chain(tree)
@@ -358,3 +363,26 @@ def test_arms_can_be_run_one_at_a_time_into_one_results_file(tree, tmp_path):
     # another machine (a fresh run folder) running arm a again keeps b's results from the results file
     third = run_recipe(load_recipe(path), arms=["a"], log=lambda _: None, **{**kw, "out_root": tmp_path / "elsewhere"})
     assert third["arms"]["b"] == first["arms"]["b"] and [s["id"] for s in third["arms"]["a"]["stages"]] == ["plan", "u"]
+
+
+def test_finetune_chooses_its_lr_on_the_selection_split_and_keeps_that_run(tree, tmp_path):
+    """``choose: {lr: [...]}`` trains once per value on the fit part and keeps the best on the selection split:
+    the kept weights are that run's, and the reported val top-1 is that run's too (val plays no part)."""
+    from safetensors.torch import load_file
+
+    recipe = _chain(tree)
+    recipe["stages"][3] = {"finetune": {**TRAIN, "epochs": 2, "train_on": "fit", "choose": {"lr": [0.0, 0.05]}}}
+    path = _write(tmp_path, recipe)
+    results = run_recipe(load_recipe(path), out_root=tmp_path / "runs", results_path=tmp_path / "r.json",
+                         progress=False, log=lambda _: None)
+    ft = {s["type"]: s["result"] for s in results["stages"]}["finetune"]
+    tried = ft["candidates"]
+    assert [c["values"] for c in tried] == [{"lr": 0.0}, {"lr": 0.05}]
+    assert all(0.0 <= c["selection_top1"] <= 1.0 and c["config"]["train_on"] == "fit" for c in tried)
+    best = max(tried, key=lambda c: c["selection_top1"])  # first of equals
+    assert ft["chosen"] == best["values"] and ft["val_top1"] == best["val_top1"]
+    run = tmp_path / "runs" / "tiny" / "finetune"
+    chosen = load_file(str(run / f"lr={best['values']['lr']}" / "model.safetensors"))
+    other = load_file(str(run / f"lr={[c for c in tried if c is not best][0]['values']['lr']}" / "model.safetensors"))
+    assert any(not torch.equal(chosen[k], other[k]) for k in chosen)  # two different runs
+    assert results["final"]["top1"] == pytest.approx(best["val_top1"])  # eval measured the kept run

@@ -97,6 +97,29 @@ def test_train_data_depends_on_seed_and_epoch_only(tree):
     assert not torch.equal(x0, xa)
 
 
+def test_training_on_fit_leaves_the_selection_split_out_and_scores_it(tree, tmp_path):
+    """``train_on="fit"``: the epochs never show a selection image, and every evaluation scores the selection split
+    (the top-1 a hyper-parameter is chosen on) next to val."""
+    from stresnet.data import selection_images, split_indices, sample_names
+    from torchvision.datasets import ImageFolder
+
+    names = sample_names(ImageFolder(str(tree / "train")))
+    held_out = {names[i][0] for i in split_indices(names)["selection"]}
+    loader = TrainLoader(tree / "train", 32, 8, workers=0, part="fit")
+    seen = {loader.folder.dataset.samples[i][0] for i in loader.folder.indices}
+    assert seen and not seen & held_out and len(seen) + len(held_out) == len(names)
+
+    student, teacher = _dropout_resnet(0)
+    summary = finetune(student, teacher.eval(), tree / "train", tree / "val", tmp_path,
+                       TrainConfig(epochs=1, train_on="fit", **BASE), progress=False)
+    row, = _lines(tmp_path / "metrics.jsonl")
+    x, y = selection_images(tree / "train", 32)
+    with torch.no_grad():
+        expected = (student.eval()(x).argmax(1) == y).float().mean().item()
+    assert row["selection_top1"] == pytest.approx(expected) == summary["selection_top1"]
+    assert summary["metrics"][0]["epoch"] == 1 and len(x) == len(held_out)
+
+
 # ----------------------------------------------------------------------------- (2), (3) files and resume
 
 def _dropout_resnet(seed: int):

@@ -18,6 +18,10 @@ from typing import Any, Iterable, Mapping
 __all__ = ["TrainConfig", "add_train_options", "train_options", "add_finetune_args"]
 
 
+# which images of the training folder are fitted (see stresnet.data.split_indices)
+TRAIN_ON = ("all", "fit")
+
+
 def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
@@ -46,6 +50,9 @@ class TrainConfig:
     min_lr: float = _opt(0.0, "learning rate at the end of the cosine")
     momentum: float = _opt(0.9, "SGD momentum")
     sync_bn: bool = _opt(False, "SyncBatchNorm under DDP (CUDA only)")
+    train_on: str = _opt("all", "images of the training folder to fit: all, or fit (without the selection split "
+                                "and ILSVRC2012_val_* files; then the selection split is scored every evaluation, "
+                                "so that hyper-parameters can be chosen without val)")
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "input_size", "log_every", "eval_every"):
@@ -53,6 +60,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise ValueError(f"TrainConfig.kd_alpha must be in [0, 1], got {self.kd_alpha!r}")
+        if self.train_on not in TRAIN_ON:
+            raise ValueError(f"TrainConfig.train_on must be one of {', '.join(TRAIN_ON)}, got {self.train_on!r}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ValueError(f"TrainConfig.max_steps_per_epoch must be >= 1 or None, got {self.max_steps_per_epoch!r}")
 

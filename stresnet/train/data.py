@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Subset
 
-from ..data import IMAGENET_MEAN, IMAGENET_STD, DataSplit, create_dataset, eval_transform, map_style
+from ..data import (IMAGENET_MEAN, IMAGENET_STD, DataSplit, create_dataset, eval_transform, map_style, sample_names,
+                    split_indices)
 from ..utils.distributed import dist_info
 
 __all__ = ["train_transform", "eval_transform", "SeededAugment", "TrainLoader", "train_loader",
-           "val_loader", "seed_worker", "sample_seed"]
+           "val_loader", "selection_loader", "split_part", "seed_worker", "sample_seed"]
 
 
 def train_transform(input_size: int, scale: tuple[float, float] = (0.35, 1.0), hflip: float = 0.5,
@@ -88,17 +89,26 @@ def seed_worker(worker_id: int) -> None:
     random.seed(s)
 
 
+def split_part(ds: Dataset, root: object, part: str | None) -> Dataset:
+    """``ds`` itself (``part`` None), or its ``fit`` / ``selection`` part (:func:`stresnet.data.split_indices`)."""
+    if part is None:
+        return ds
+    return Subset(ds, split_indices(sample_names(ds, root))[part])
+
+
 class TrainLoader:
     """Builds one epoch's :class:`DataLoader` at a time: ``for x, y in train.epoch(e)``.
 
     ``batch_size`` is per process. Incomplete last batches are dropped (so no
     BatchNorm sees a batch of one and every rank does the same number of steps).
+    ``part="fit"`` trains on the folder without its selection split and ``ILSVRC2012_val_*`` files.
     """
 
     def __init__(self, root: str | Path | DataSplit, input_size: int, batch_size: int, seed: int = 0, workers: int = 1,
-                 scale: tuple[float, float] = (0.35, 1.0), pin_memory: bool = False):
-        self.folder = map_style(create_dataset(root), root, "training")
-        self.classes = getattr(self.folder, "classes", None)
+                 scale: tuple[float, float] = (0.35, 1.0), pin_memory: bool = False, part: str | None = None):
+        folder = map_style(create_dataset(root), root, "training")
+        self.classes = getattr(folder, "classes", None)
+        self.folder = split_part(folder, root, part)
         self.dataset = SeededAugment(self.folder, train_transform(input_size, scale=scale), seed)
         self.rank, self.world = dist_info()
         self.sampler = DistributedSampler(self.dataset, num_replicas=self.world, rank=self.rank, shuffle=True,
@@ -124,6 +134,18 @@ class TrainLoader:
 def train_loader(root: str | Path | DataSplit, input_size: int, batch_size: int, seed: int = 0, workers: int = 1,
                  **kwargs) -> TrainLoader:
     return TrainLoader(root, input_size, batch_size, seed=seed, workers=workers, **kwargs)
+
+
+def selection_loader(root: str | Path | DataSplit, input_size: int, batch_size: int, workers: int = 1,
+                     pin_memory: bool = False) -> DataLoader:
+    """Eval loader over the selection split of a training folder (the images hyper-parameters are chosen on);
+    sharded by rank like :func:`val_loader`."""
+    ds = split_part(create_dataset(root, eval_transform(input_size)), root, "selection")
+    rank, world = dist_info()
+    if world > 1:
+        ds = Subset(ds, list(range(rank, len(ds), world)))
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, worker_init_fn=seed_worker,
+                      pin_memory=pin_memory)
 
 
 def val_loader(root: str | Path | DataSplit, input_size: int, batch_size: int, workers: int = 1,

@@ -59,7 +59,7 @@ from ..utils.distributed import all_reduce_sum, broadcast_buffers, cleanup_distr
 from ..utils.metrics import TopK
 from ..utils.modes import eval_mode
 from .config import TrainConfig, add_finetune_args, train_options
-from .data import TrainLoader, val_loader
+from .data import TrainLoader, selection_loader, val_loader
 from .distill import kd_loss
 
 __all__ = ["TrainConfig", "TrainHook", "finetune", "build_models", "add_finetune_args", "finetune_config", "run_finetune", "main"]
@@ -70,7 +70,7 @@ CKPT_FORMAT = "stresnet-train/1"
 # config fields that change the training trajectory: resuming with other values
 # warns and rebuilds the LR schedule from the new config.
 _TRAJECTORY = ("epochs", "lr", "min_lr", "weight_decay", "momentum", "batch_size", "input_size", "warmup_epochs",
-               "seed", "kd_T", "kd_alpha", "label_smoothing", "optimizer", "max_steps_per_epoch")
+               "seed", "kd_T", "kd_alpha", "label_smoothing", "optimizer", "max_steps_per_epoch", "train_on")
 # test hook: seconds to sleep after each optimizer step (makes kill -9 tests deterministic)
 _STEP_SLEEP_ENV = "STRESNET_TRAIN_STEP_SLEEP"
 
@@ -235,8 +235,11 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     # data
-    train = TrainLoader(train_dir, cfg.input_size, cfg.batch_size, seed=cfg.seed, workers=cfg.workers, pin_memory=cuda)
+    train = TrainLoader(train_dir, cfg.input_size, cfg.batch_size, seed=cfg.seed, workers=cfg.workers, pin_memory=cuda,
+                        part=None if cfg.train_on == "all" else cfg.train_on)
     val = val_loader(val_dir, cfg.input_size, cfg.batch_size, workers=cfg.workers, pin_memory=cuda)
+    selection = None if cfg.train_on == "all" else selection_loader(train_dir, cfg.input_size, cfg.batch_size,
+                                                                      workers=cfg.workers, pin_memory=cuda)
     steps = len(train) if cfg.max_steps_per_epoch is None else min(len(train), cfg.max_steps_per_epoch)
     total = steps * cfg.epochs
     warmup = min(int(round(cfg.warmup_epochs * steps)), total - 1)
@@ -345,10 +348,12 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
         loss_sum, n_steps = all_reduce_sum([loss_sum, n_steps], device)
         broadcast_buffers(student)
         top1 = top5 = None
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_steps, 1), "lr": lr}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             top1, top5 = _evaluate(student, val, device, amp_dtype, cfg.channels_last)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_steps, 1), "lr": lr, "val_top1": top1,
-               "val_top5": top5, "seconds": round(time.perf_counter() - t0, 3)}
+            if selection is not None:
+                row["selection_top1"] = _evaluate(student, selection, device, amp_dtype, cfg.channels_last)[0]
+        row.update({"val_top1": top1, "val_top5": top5, "seconds": round(time.perf_counter() - t0, 3)})
         metrics.append(row)
         rngs = [None] * world
         if world > 1:
@@ -374,6 +379,7 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
     return {
         "val_top1": evaluated[-1]["val_top1"] if evaluated else None,
         "val_top5": evaluated[-1]["val_top5"] if evaluated else None,
+        **({"selection_top1": evaluated[-1].get("selection_top1") if evaluated else None} if selection else {}),
         "epochs": len(metrics),
         "seconds": round(sum(m["seconds"] for m in metrics), 3),
         "metrics": metrics,

@@ -52,6 +52,13 @@ def check(recipe: dict, source: str) -> None:
         for kind, params in listed:
             if kind in ("finetune", "admm", "train_base"):
                 train_config({k: v for k, v in params.items() if k not in TRAIN_EXTRA}, f"{where}.{kind}")
+            if kind == "finetune" and params.get("choose") is not None:
+                if params.get("train_on") != "fit":
+                    raise RecipeError(f"{where}.finetune: choose needs train_on: fit (the choice is made on the "
+                                      f"selection split, which training must then leave out)")
+                for values in train.candidates(params["choose"], f"{where}.finetune"):
+                    train_config({**{k: v for k, v in params.items() if k not in TRAIN_EXTRA}, **values},
+                                 f"{where}.finetune.choose")
 
 
 def header(run: Run, command: str) -> dict:

@@ -12,7 +12,7 @@ from ...data import DataSplit
 from ..config import RecipeError
 from ..runner import Run, StageState
 
-TRAIN_EXTRA = ("id", "teacher", "sparsity", "rho", "updates_per_epoch", "n_iter")
+TRAIN_EXTRA = ("id", "teacher", "sparsity", "rho", "updates_per_epoch", "n_iter", "choose")
 
 
 @dataclass
@@ -130,7 +130,8 @@ def train_params(params: Mapping[str, Any]) -> dict:
 
 
 def summary(result: dict) -> dict:
-    return {k: result[k] for k in ("val_top1", "val_top5", "epochs", "seconds", "world_size", "config") if k in result}
+    return {k: result[k] for k in ("val_top1", "val_top5", "selection_top1", "epochs", "seconds", "world_size",
+                                   "config") if k in result}
 
 
 def hardware() -> dict:

@@ -1,11 +1,14 @@
 """Training stages: ``train_base`` (from random init), ``reinit`` (from-scratch arms), ``admm``, ``finetune``."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..config import RecipeError
 from .common import ClassifyRun, State, hardware, require, summary, train_config, train_params
 
 
@@ -61,11 +64,41 @@ def admm(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     return {**summary(result), "admm": result.get("admm")}
 
 
+def candidates(choose: Any, where: str) -> list[dict]:
+    """The training options a ``choose: {option: [values], ...}`` field tries: every combination, in the order
+    written (the first one wins a tie)."""
+    if not isinstance(choose, dict) or not choose or not all(isinstance(v, list) and v for v in choose.values()):
+        raise RecipeError(f"{where}: choose must map training options to non-empty lists of values, "
+                          f"e.g. choose: {{lr: [0.01, 0.001]}}")
+    return [dict(zip(choose, values)) for values in itertools.product(*choose.values())]
+
+
 def finetune(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
-    """KD fine-tune of the compressed model (``sparsity``: gradual pruning; ``teacher: none``: plain CE)."""
+    """KD fine-tune of the compressed model (``sparsity``: gradual pruning; ``teacher: none``: plain CE).
+
+    ``choose: {lr: [0.01, 0.001]}`` fine-tunes once per value (``train_on: fit``, each in its own folder) and
+    keeps the run with the best top-1 on the selection split: the choice never sees val."""
+    require(state, "compressed", "finetune")
+    if p.get("choose") is None:
+        return _finetune_once(run, state, p, out)
+    tried = candidates(p["choose"], "finetune")  # train_on: fit is checked with the recipe (classify.check)
+    weights, runs = state.weights, []
+    for values in tried:
+        state.weights = weights
+        label = "-".join(f"{k}={v}" for k, v in values.items())
+        runs.append({"values": values, **_finetune_once(run, state, {**p, **values}, out / label)})
+        runs[-1]["weights"] = state.weights
+    best = max(runs, key=lambda r: r["selection_top1"])  # max keeps the first of equals
+    state.weights = best.pop("weights")
+    for r in runs:
+        r.pop("weights", None)
+    return {**{k: v for k, v in best.items() if k != "values"}, "chosen": best["values"],
+            "chosen_on": "selection split (top-1)", "candidates": runs}
+
+
+def _finetune_once(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     from ...train.engine import finetune as train
 
-    require(state, "compressed", "finetune")
     cfg = train_config(train_params(p), "finetune", run.input_size)
     hooks = []
     if p.get("sparsity") is not None:
