@@ -1,7 +1,8 @@
 """The CompressNAS search end to end: tables once, then one ILP per budget, plus baselines at equal size.
 
     model + calibration images
-      -> capture each decomposable conv's input           (one forward pass)
+      -> searchable modules (every exact conv / linear some searchable type takes; the rest skipped, with why)
+      -> capture each searchable module's input           (one forward pass)
       -> mode bases + one-pass MSE table per layer       (estimator.py)
       -> options with cost rows per layer                (options.py)
       -> ILP per budget                                   (ilp.py)
@@ -22,9 +23,11 @@ from .. import decompose as dec
 from ..plan import Plan
 from . import baselines as bl
 from .budgets import Budget
-from .estimator import ErrorTable, capture_inputs, output_grad_moments, patch_moment, rank_grid, tucker2_error_table
+from ..layers import registry
+from .estimator import (ErrorTable, LayerStats, capture_inputs, group_patch_moments, output_grad_moments, patch_moment,
+                        rank_grid, sparse_loss, tucker2_error_table)
 from .ilp import Option, solve, total_loss
-from .options import LayerShape, layer_options
+from .options import LayerShape, admits, layer_options
 
 METRICS = ("params", "flash", "macs", "ram")
 BASELINES = ("uniform", "vbmf", "energy")
@@ -33,6 +36,28 @@ BASELINES = ("uniform", "vbmf", "energy")
 def decomposable_convs(model: nn.Module) -> dict[str, nn.Conv2d]:
     """Plain convs a Tucker-2 can replace (exact ``nn.Conv2d``, ungrouped), in model order."""
     return {n: m for n, m in model.named_modules() if type(m) is nn.Conv2d and m.groups == 1}
+
+
+def searchable_modules(model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """Every conv and linear of ``model`` some searchable registered type can replace, in model order, and
+    ``{name: reason}`` for each conv or linear left as it is (the search report lists them)."""
+    found: dict[str, nn.Module] = {}
+    skipped: dict[str, str] = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
+        base = nn.Conv2d if isinstance(m, nn.Conv2d) else nn.Linear
+        if not any(admits(f, m) for f in registry.registered()):
+            kind = f"{type(m).__module__}.{type(m).__qualname__}"
+            skipped[name] = (f"{kind} subclasses {base.__name__}: its forward may differ, no type replaces it"
+                             if type(m) is not base else "no searchable factorisation type replaces it")
+        elif base is nn.Conv2d and isinstance(m.padding, str):
+            skipped[name] = f"string padding {m.padding!r}: the estimator unfolds patches with numeric padding"
+        elif base is nn.Conv2d and m.padding_mode != "zeros":
+            skipped[name] = f"padding_mode {m.padding_mode!r}: the estimator assumes zero padding"
+        else:
+            found[name] = m
+    return found, skipped
 
 
 @dataclass
@@ -50,6 +75,8 @@ class SearchSpace:
     input_size: tuple[int, int, int]
     vbmf_ranks: dict[str, tuple[int, int]] = field(default_factory=dict)  # filled on first use
     ram_beside: dict[str, tuple[int, int]] = field(default_factory=dict)  # per layer: cost.live_beside
+    skipped: dict[str, str] = field(default_factory=dict)  # convs / linears no option fits: name -> why
+    kinds: dict[str, str] = field(default_factory=dict)  # per layer: "conv" (ungrouped), "grouped" or "linear"
 
     def size(self, plan: Plan, metric: str = "params") -> float:
         """Total ``metric`` of ``plan`` under this space's analytic cost rows."""
@@ -66,8 +93,12 @@ class SearchSpace:
     def estimated_loss(self, plan: Plan) -> float:
         loss = 0.0
         for name, spec in plan.layers.items():
-            if spec["type"] == "tucker2":
+            if spec["type"] == "tucker2" and name in self.tables:
                 loss += self.tables[name](*spec["ranks"])
+            elif spec["type"] == "svd" and self.kinds.get(name) == "linear" and spec["rank"] in self.tables[name].in_grid:
+                loss += self.tables[name](spec["rank"], spec["rank"])  # a matrix: Tucker-2 at (r, r) is its SVD
+            else:  # another type: the loss its search option carries
+                loss += next((o.loss for o in self.options.get(name, ()) if o.spec == spec), 0.0)
         return loss
 
 
@@ -103,19 +134,34 @@ def build_space(
     if estimator == "fisher" and labels is None:
         raise ValueError("the fisher estimator needs the calibration images' labels")
     t0 = time.perf_counter()
-    convs = decomposable_convs(model)
-    inputs = capture_inputs(model, convs, images)
-    grads = output_grad_moments(model, convs, images, labels) if estimator == "fisher" else {}
-    cost_hw = _input_sizes(model, convs, cost_size) if cost_size is not None else {}
-    shapes, bases, tables, options = {}, {}, {}, {}
-    for name, conv in tqdm(convs.items(), desc="estimator tables", disable=not progress, leave=False):
+    found, skipped = searchable_modules(model)
+    inputs = capture_inputs(model, found, images)
+    for name in [n for n in found if n not in inputs]:
+        skipped[name] = "its input could not be captured (not called exactly once per forward pass)"
+        del found[name]
+    grads = output_grad_moments(model, found, images, labels) if estimator == "fisher" else {}
+    cost_hw = _input_sizes(model, found, cost_size) if cost_size is not None else {}
+    shapes, bases, tables, options, kinds = {}, {}, {}, {}, {}
+    for name, module in tqdm(found.items(), desc="estimator tables", disable=not progress, leave=False):
         x = inputs.pop(name)
-        shapes[name] = LayerShape.of(conv, cost_hw.get(name, x.shape[-2:]))
-        bases[name] = dec.mode_bases(conv.weight)
-        scale = 1.0 / (len(images) ** 2 * LayerShape.of(conv, x.shape[-2:]).hw_out)  # calibration positions
-        tables[name] = tucker2_error_table(bases[name], patch_moment(conv, x, max_patches),
-                                           rank_grid(conv.in_channels, step), grads.get(name), scale)
-        options[name] = layer_options(shapes[name], tables[name], tied=tied, step=step)
+        linear = isinstance(module, nn.Linear)
+        calib_hw = tuple(x.shape[1:-1]) if linear else tuple(x.shape[-2:])
+        shapes[name] = LayerShape.of(module, cost_hw.get(name, calib_hw))
+        scale = 1.0 / (len(images) ** 2 * LayerShape.of(module, calib_hw).hw_out)  # calibration positions
+        grad = grads.get(name)
+        if linear or module.groups == 1:
+            kinds[name] = "linear" if linear else "conv"
+            weight = module.weight[:, :, None, None] if linear else module.weight
+            bases[name] = dec.mode_bases(weight)
+            tables[name] = tucker2_error_table(bases[name], patch_moment(module, x, max_patches),
+                                               rank_grid(weight.shape[1], step), grad, scale)
+            stats = LayerStats(table=tables[name])
+        else:
+            kinds[name] = "grouped"
+            moments = group_patch_moments(module, x, max_patches)
+            diag = torch.diagonal(grad) if grad is not None else None
+            stats = LayerStats(sparse=lambda d, w=module.weight, m=moments, g=diag, k=scale: sparse_loss(w, m, d, g, k))
+        options[name] = layer_options(shapes[name], stats, tied=tied, step=step, module=module)
     input_size = tuple(cost_size) if cost_size is not None else tuple(images.shape[1:])
     live = live_beside(model, input_size)
     # live beside each layer (a residual input waiting for the add), and, once the layer is factorised,
@@ -129,7 +175,7 @@ def build_space(
     fixed = {m: base_cost[m] - sum(s.full_cost()[m] for s in shapes.values()) for m in ("params", "flash", "macs")}
     fixed["ram"] = 0.0  # peak RAM is bounded layer by layer: each option's own working set + what lives beside it
     return SearchSpace(shapes, bases, tables, options, base_cost, fixed, step, time.perf_counter() - t0, input_size,
-                       ram_beside=beside)
+                       ram_beside=beside, skipped=skipped, kinds=kinds)
 
 
 def _ram_beside(live: tuple[int, int], spec: Mapping) -> int:
@@ -147,7 +193,8 @@ def _input_sizes(model: nn.Module, modules: Mapping[str, nn.Module], size: Seque
 
     def keep(name: str) -> Callable:
         def hook(_m: nn.Module, args: tuple) -> None:  # returns None: the input passes unchanged
-            found.setdefault(name, tuple(args[0].shape[-2:]))
+            x = args[0]
+            found.setdefault(name, tuple(x.shape[1:-1]) if isinstance(_m, nn.Linear) else tuple(x.shape[-2:]))
         return hook
 
     hooks = [m.register_forward_pre_hook(keep(n)) for n, m in modules.items()]
@@ -179,12 +226,17 @@ def _ranks_plan(space: SearchSpace, ranks: Callable[[str, LayerShape], tuple[flo
     under 0.1 % of a ResNet's params, and the image-facing filters are where a cut hurts most."""
     layers = {}
     for name, shape in space.shapes.items():
+        kind = space.kinds.get(name, "conv")
+        if kind == "grouped":
+            continue  # no channel modes to size: the baseline leaves it full
         if keep_stem and shape.c_in <= bl.KEEP_MODE:
             continue
         a, b = ranks(name, shape)
         r_out = bl.baseline_rank(a, shape.c_out, space.step, floor)
         r_in = bl.baseline_rank(b, shape.c_in, space.step, floor)
-        spec = {"type": "tucker2", "ranks": [r_out, r_in]}
+        # a linear is a matrix: its two-factor SVD at the smaller of the two mode ranks
+        spec = ({"type": "tucker2", "ranks": [r_out, r_in]} if kind == "conv"
+                else {"type": "svd", "rank": min(r_out, r_in)})
         if shape.cost(spec)["params"] < shape.full_cost()["params"]:
             layers[name] = spec
     return Plan(layers=layers, meta={"method": method})
@@ -277,13 +329,13 @@ def plan_summary(space: SearchSpace, plan: Plan) -> dict:
 
 def space_report(space: SearchSpace) -> dict:
     """Per-layer tables (JSON-ready, compact): shape, and one row per option with its loss and costs."""
-    columns = ["r_out", "r_in", "loss", *METRICS]
+    columns = ["r_out", "r_in", "loss", *METRICS, "spec"]  # r_out, r_in: Tucker-2 ranks (None otherwise)
     out = {}
     for name, opts in space.options.items():
         rows = []
         for o in opts:
-            r_out, r_in = o.spec.get("ranks", [None, None])  # None, None = full
-            rows.append([r_out, r_in, float(f"{o.loss:.6g}"), *(int(o.cost[m]) for m in METRICS)])
+            r_out, r_in = o.spec.get("ranks", [None, None]) if o.spec["type"] == "tucker2" else (None, None)
+            rows.append([r_out, r_in, float(f"{o.loss:.6g}"), *(int(o.cost[m]) for m in METRICS), o.spec])
         out[name] = {"shape": vars(space.shapes[name]), "columns": columns, "options": rows}
     return out
 
