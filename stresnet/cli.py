@@ -11,6 +11,7 @@ from .plan import PlanError
 from .recipes import RecipeError
 from .search.budgets import BudgetError
 from .search.ilp import InfeasibleBudget
+from .search.spaces import SPACES as SEARCH_SPACES
 from .search.latency_costs import LatencyError
 
 
@@ -149,7 +150,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         args.model, args.checkpoint, args.data, args.budget, args.out, num_classes=args.num_classes,
         size=args.input_size, calib=args.calib_images, step=args.step, tied=args.tied_ranks,
         estimator=args.estimator, evaluate=args.eval, seed=args.seed, progress=not args.quiet, latency=latency,
-        cost_size=args.budget_size,
+        cost_size=args.budget_size, search_space=args.space,
     )
     for label, row in report["budgets"].items():
         parts = [f"{m}: {r['params'] / 1e6:.3f}M est {r['estimated_loss']:.3f}"
@@ -609,6 +610,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-threads", type=int, default=2, help="onnxruntime intra-op threads for the latency table")
     p.add_argument("--budget-size", type=int, default=None,
                    help="resolution MACs, RAM and latency are priced at (default: --input-size)")
+    p.add_argument("--space", choices=tuple(SEARCH_SPACES), default="compressnas",
+                   help="compressnas: every ungrouped conv as Tucker-2 (the paper's space, the zoo's ResNet-18 plans); "
+                        "any: Tucker-2 for kxk convs, SVD for 1x1 convs and linears, sparse for grouped/depthwise "
+                        "convs (efficient nets); what a space leaves alone is listed in report.json")
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("search-family",

@@ -115,8 +115,10 @@ class InputFirst(Factorisation):
                 "macs": g.hw_in * g.c_in * r + g.hw_out * r * g.c_out * g.kk,
                 "ram": max((g.c_in + r) * g.hw_in, r * g.hw_in + g.c_out * g.hw_out)}
 
-    def candidates(self, g: LayerGeometry, loss: Callable[[int, int], float], in_grid: Sequence[int],
-                   tied: bool, step: int) -> list[tuple[dict, float]]:
+    def candidates(self, g: LayerGeometry, loss: Callable[[int, int], float] | None, in_grid: Sequence[int],
+                   tied: bool, step: int, stats: Any = None) -> list[tuple[dict, float]]:
+        if loss is None:
+            return []
         return [({"type": "inputfirst", "rank": r}, loss(g.c_out, r)) for r in in_grid if r < g.c_in]
 
 

@@ -163,10 +163,13 @@ class Factorisation:
         or None when this type is not sized that way."""
         return None
 
-    def candidates(self, g: LayerGeometry, loss: Callable[[int, int], float], in_grid: Sequence[int],
-                   tied: bool, step: int) -> list[tuple[dict, float]]:
+    def candidates(self, g: LayerGeometry, loss: Callable[[int, int], float] | None, in_grid: Sequence[int],
+                   tied: bool, step: int, stats: Any = None) -> list[tuple[dict, float]]:
         """``(spec, estimated loss)`` pairs the search may choose for this layer. ``loss(r_out, r_in)``
-        is the calibration estimator's Tucker-2 table, defined for ``r_in`` on ``in_grid``."""
+        is the calibration estimator's Tucker-2 table, defined for ``r_in`` on ``in_grid`` (None, with an
+        empty grid, where the layer has no channel modes to cut: a grouped conv). ``stats`` is the
+        layer's :class:`~stresnet.search.estimator.LayerStats` (e.g. its magnitude-pruning loss).
+        The search only asks types whose ``replaces`` and ``grouped`` admit the layer."""
         return []
 
 

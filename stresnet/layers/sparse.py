@@ -6,7 +6,7 @@ depthwise conv, whose channel modes have nothing to factorise.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -84,9 +84,13 @@ def csr_cost(g: LayerGeometry, density: float) -> Cost:
     }
 
 
+SEARCH_DENSITIES = (0.1, 0.2, 0.3, 0.4)  # CSR stores a value and an index per entry: above ~0.45 nothing is saved
+
+
 class Sparse(Factorisation):
     name = spec_type = "sparse"
     grouped = True
+    searchable = True
     builds = (MaskedConv2d,)
     input_conv = ""
 
@@ -104,6 +108,14 @@ class Sparse(Factorisation):
     def cost(self, g: LayerGeometry, spec: Mapping[str, Any]) -> Cost:
         c = csr_cost(g, spec["density"])
         return {**c, "params": c["params"] + g.c_out * g.bias, "flash": c["flash"] + BYTES_PER_CHANNEL * g.c_out}
+
+    def candidates(self, g: LayerGeometry, loss: Callable[[int, int], float] | None, in_grid: Sequence[int],
+                   tied: bool, step: int, stats: Any = None) -> list[tuple[dict, float]]:
+        """Grouped (e.g. depthwise) convs only, whose channel modes leave nothing to factorise: magnitude
+        pruning at :data:`SEARCH_DENSITIES`, scored by the calibration pass (``stats.sparse``)."""
+        if g.groups == 1 or stats is None or getattr(stats, "sparse", None) is None:
+            return []
+        return [({"type": "sparse", "density": d}, stats.sparse(d)) for d in SEARCH_DENSITIES]
 
 
 SPARSE = register(Sparse())

@@ -7,9 +7,10 @@ kernel flattened to ``(C_out, C_in*k*k)``. It saves parameters only below
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
+from timm.layers import Linear as TimmLinear
 from torch import nn
 
 from .. import decompose as dec
@@ -84,9 +85,10 @@ class LowRankLinear(nn.Sequential):
 
 class SVD(Factorisation):
     name = spec_type = "svd"
-    replaces = (nn.Conv2d, nn.Linear)
+    replaces = (nn.Conv2d, nn.Linear, TimmLinear)  # timm's Linear (e.g. MobileNetV3's head) only casts dtypes
     builds = (LowRankConv2d, LowRankLinear)
     folds_bn = True
+    searchable = True
     input_conv = "core"
 
     def check_spec(self, spec: Mapping[str, Any]) -> None:
@@ -123,6 +125,14 @@ class SVD(Factorisation):
 
     def from_mode_ranks(self, g: LayerGeometry, r_out: int, r_in: int) -> dict | None:
         return {"type": "svd", "rank": int(min(r_out, g.c_in * g.kk))}
+
+    def candidates(self, g: LayerGeometry, loss: Callable[[int, int], float] | None, in_grid: Sequence[int],
+                   tied: bool, step: int, stats: Any = None) -> list[tuple[dict, float]]:
+        """Pointwise convs and linears only (a matrix): rank ``r`` on the input grid, with the Tucker-2 table's
+        loss at ``(r, r)``, which for a matrix is exactly the rank-``r`` SVD truncation's."""
+        if loss is None or g.kk != 1 or g.groups != 1:
+            return []
+        return [({"type": "svd", "rank": r}, loss(r, r)) for r in in_grid if r < min(g.c_out, g.c_in)]
 
 
 SVD_TYPE = register(SVD())

@@ -133,8 +133,10 @@ class Tucker2(ChannelModeRanks, Factorisation):
     def from_mode_ranks(self, g: LayerGeometry, r_out: int, r_in: int) -> dict | None:
         return {"type": "tucker2", "ranks": [int(r_out), int(r_in)]}
 
-    def candidates(self, g: LayerGeometry, loss: Callable[[int, int], float], in_grid: Sequence[int],
-                   tied: bool, step: int) -> list[tuple[dict, float]]:
+    def candidates(self, g: LayerGeometry, loss: Callable[[int, int], float] | None, in_grid: Sequence[int],
+                   tied: bool, step: int, stats: Any = None) -> list[tuple[dict, float]]:
+        if loss is None:  # a grouped conv: no channel-mode table
+            return []
         return [({"type": "tucker2", "ranks": [a, b]}, loss(a, b)) for a, b in rank_pairs(g, in_grid, tied, step)]
 
 

@@ -17,11 +17,18 @@ and ``t_o(b)`` grows block by block down the input-rank grid, so ONE pass per
 layer yields the exact calibration MSE for every (a, b) pair: tied or free
 ranks, any grid. Errors are divided by the layer's output energy (``total``)
 so layers of different scale are comparable in one objective.
+
+A linear layer is a 1x1 conv over its tokens (every leading dim flattened), so
+the same table serves it; for a matrix the Tucker-2 truncation at ``(r, r)`` keeps
+both top singular subspaces, i.e. it IS the rank-``r`` SVD truncation. Grouped and
+depthwise convs have no channel modes to cut; magnitude pruning is scored from the
+same statistics, each output channel against its own group's patch moment
+(:func:`group_patch_moments`, :func:`sparse_loss`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -29,9 +36,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import decompose as dec
+from ..layers.common import topk_mask
 from ..utils.modes import eval_mode
 
-__all__ = ["capture_inputs", "output_grad_moments", "patch_moment", "ErrorTable", "tucker2_error_table", "rank_grid"]
+__all__ = ["capture_inputs", "output_grad_moments", "patch_moment", "group_patch_moments", "ErrorTable",
+           "tucker2_error_table", "sparse_loss", "LayerStats", "rank_grid"]
 
 
 def rank_grid(dim: int, step: int = 8) -> list[int]:
@@ -42,9 +51,14 @@ def rank_grid(dim: int, step: int = 8) -> list[int]:
 
 @torch.no_grad()
 def capture_inputs(model: nn.Module, names: Iterable[str], images: Tensor, batch_size: int = 64) -> dict[str, Tensor]:
-    """Run ``images`` through ``model`` and keep the input of each named module."""
+    """Run ``images`` through ``model`` and keep the input of each named module.
+
+    A module not called exactly once per batch (unused, or shared and called several
+    times) has no single input: it is left out of the result (the caller says why).
+    """
     names = list(names)
     store: dict[str, list[Tensor]] = {n: [] for n in names}
+    batches = 0
     hooks = [
         model.get_submodule(n).register_forward_pre_hook(lambda m, args, n=n: store[n].append(args[0].detach()))
         for n in names
@@ -53,10 +67,11 @@ def capture_inputs(model: nn.Module, names: Iterable[str], images: Tensor, batch
         with eval_mode(model):
             for i in range(0, len(images), batch_size):
                 model(images[i : i + batch_size])
+                batches += 1
     finally:
         for h in hooks:
             h.remove()
-    return {n: torch.cat(v) for n, v in store.items()}
+    return {n: torch.cat(v) for n, v in store.items() if len(v) == batches}
 
 
 def output_grad_moments(
@@ -73,8 +88,13 @@ def output_grad_moments(
 
     def keep_grad(name: str):
         def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
+            linear = isinstance(module, nn.Linear)  # channels last: (..., F); a conv's are dim 1
+
             def on_grad(g: Tensor) -> None:
-                g = g.detach().transpose(0, 1).reshape(g.shape[1], -1).double()
+                if linear:
+                    g = g.detach().reshape(-1, g.shape[-1]).T.double()
+                else:
+                    g = g.detach().transpose(0, 1).reshape(g.shape[1], -1).double()
                 moments[name] = moments.get(name, 0) + g @ g.T
             out.register_hook(on_grad)
         return hook
@@ -96,22 +116,70 @@ def output_grad_moments(
     return moments
 
 
-def patch_moment(conv: nn.Conv2d, x: Tensor, max_patches: int = 16384, seed: int = 0) -> Tensor:
-    """Second moment ``sum p p^T`` of the conv's input patches (float64, ``C_in*kh*kw`` square).
-
-    Patches are unfolded with the conv's own geometry; at most ``max_patches``
-    (drawn with a fixed seed) are used, scaled back to the full count.
-    """
-    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        raise ValueError(f"patch moments need zero padding given as numbers, got {conv.padding_mode!r} / {conv.padding!r}")
-    cols = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
-    cols = cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (N * L, C_in * kh * kw)
+def _patches(module: nn.Module, x: Tensor, max_patches: int, seed: int) -> tuple[Tensor, float]:
+    """Rows of input patches (``(P, C_in*kh*kw)``, a linear's tokens ``(P, F)``), at most ``max_patches`` drawn
+    with a fixed seed, and the factor that scales their moment back to the full count."""
+    if isinstance(module, nn.Linear):
+        cols = x.reshape(-1, x.shape[-1])
+    else:
+        if module.padding_mode != "zeros" or isinstance(module.padding, str):
+            raise ValueError(f"patch moments need zero padding given as numbers, "
+                             f"got {module.padding_mode!r} / {module.padding!r}")
+        cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+        cols = cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (N * L, C_in * kh * kw)
     total = cols.shape[0]
     if total > max_patches:
         g = torch.Generator().manual_seed(seed)
         cols = cols[torch.randperm(total, generator=g)[:max_patches]]
-    cols = cols.float()
-    return (cols.T @ cols).double() * (total / cols.shape[0])
+    return cols.float(), total / cols.shape[0]
+
+
+def patch_moment(conv: nn.Module, x: Tensor, max_patches: int = 16384, seed: int = 0) -> Tensor:
+    """Second moment ``sum p p^T`` of the conv's input patches (float64, ``C_in*kh*kw`` square).
+
+    Patches are unfolded with the conv's own geometry; at most ``max_patches``
+    (drawn with a fixed seed) are used, scaled back to the full count. An
+    ``nn.Linear`` is a 1x1 conv over its tokens.
+    """
+    cols, factor = _patches(conv, x, max_patches, seed)
+    return (cols.T @ cols).double() * factor
+
+
+def group_patch_moments(conv: nn.Conv2d, x: Tensor, max_patches: int = 16384, seed: int = 0) -> Tensor:
+    """Per group, the second moment of that group's input patches: ``(groups, C_in/g*kk, C_in/g*kk)`` float64
+    (depthwise: each channel's own ``kk x kk`` moment). Only the diagonal blocks of :func:`patch_moment`."""
+    cols, factor = _patches(conv, x, max_patches, seed)
+    cols = cols.reshape(cols.shape[0], conv.groups, -1)  # unfold orders columns (channel, kernel position)
+    return torch.einsum("pgi,pgj->gij", cols, cols).double() * factor
+
+
+def sparse_loss(
+    weight: Tensor, moments: Tensor, density: float, grad_diag: Tensor | None = None, scale: float | None = None
+) -> float:
+    """The calibration error of magnitude pruning ``weight`` (the mask :class:`~stresnet.layers.sparse.MaskedConv2d`
+    builds) at ``density``: per output channel ``o``, ``(w_o*(1-m_o))^T S_g (w_o*(1-m_o))`` with ``S_g`` its group's
+    patch moment (:func:`group_patch_moments`). Normalised by the output energy (the MSE table's units), or, with
+    ``grad_diag`` (the diagonal of :func:`output_grad_moments`), weighted by it and times ``scale`` (the Fisher
+    table's units)."""
+    w = weight.detach().double()
+    groups = moments.shape[0]
+    res = (w * (1 - topk_mask(w, density))).reshape(groups, w.shape[0] // groups, -1)
+    per = torch.einsum("goi,gij,goj->go", res, moments, res).reshape(-1)
+    if grad_diag is not None:
+        return float((per * grad_diag.double()).sum() * scale)
+    wf = w.reshape(groups, w.shape[0] // groups, -1)
+    total = torch.einsum("goi,gij,goj->", wf, moments, wf).clamp_min(1e-300)
+    return float(max(per.sum() / total, 0.0))
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """What the calibration pass measured of one layer, for every searchable type's candidates:
+    the Tucker-2 table over its channel modes (ungrouped convs, linears) and/or the magnitude-pruning
+    loss at a density (grouped convs)."""
+
+    table: "ErrorTable | None" = None
+    sparse: Callable[[float], float] | None = None
 
 
 @dataclass(frozen=True)

@@ -12,24 +12,46 @@ are dropped: they can only lose accuracy.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
+from torch import nn
+
 from ..layers import registry
 from ..layers.registry import LayerGeometry
-from .estimator import ErrorTable
+from .estimator import ErrorTable, LayerStats
 from .ilp import Option
 
-__all__ = ["LayerShape", "layer_options"]
+__all__ = ["LayerShape", "layer_options", "admits"]
 
 LayerShape = LayerGeometry  # the geometry one conv sees at the calibration resolution
 
 
-def layer_options(shape: LayerGeometry, table: ErrorTable, tied: bool = True, step: int = 8) -> list[Option]:
-    """``full`` plus every searchable type's candidate that stores fewer parameters than the full conv."""
+def admits(fact: registry.Factorisation, module: nn.Module) -> bool:
+    """Whether ``fact`` is a searchable type that can replace ``module`` (its exact type; a grouped conv only
+    if the type takes grouped ones)."""
+    if not fact.searchable or type(module) not in fact.replaces:
+        return False
+    return fact.grouped or getattr(module, "groups", 1) == 1
+
+
+def layer_options(shape: LayerGeometry, stats: LayerStats | ErrorTable, tied: bool = True, step: int = 8,
+                  module: nn.Module | None = None, types: Sequence[str] | None = None) -> list[Option]:
+    """``full`` plus every searchable type's candidate that stores fewer parameters than the full layer.
+
+    ``stats``: the layer's calibration statistics (an :class:`ErrorTable` alone for a plain conv);
+    ``module``: the layer, so that only the types that can replace it are asked (default: a plain conv);
+    ``types``: the type names the search space offers this layer (default: every searchable type).
+    """
+    stats = stats if isinstance(stats, LayerStats) else LayerStats(table=stats)
+    module = module if module is not None else nn.Conv2d(1, 1, 1)
+    table = stats.table
+    in_grid = table.in_grid if table is not None else ()
     full = shape.full_cost()
     options = [Option({"type": "full"}, 0.0, full)]
     for fact in registry.registered():
-        if not fact.searchable:
+        if not admits(fact, module) or (types is not None and fact.name not in types):
             continue
-        for spec, loss in fact.candidates(shape, table, table.in_grid, tied, step):
+        for spec, loss in fact.candidates(shape, table, in_grid, tied, step, stats):
             cost = fact.cost(shape, spec)
             if cost["params"] < full["params"]:
                 options.append(Option(spec, loss, cost))

@@ -1,7 +1,8 @@
 """The CompressNAS search end to end: tables once, then one ILP per budget, plus baselines at equal size.
 
     model + calibration images
-      -> capture each decomposable conv's input           (one forward pass)
+      -> searchable modules (every exact conv / linear some searchable type takes; the rest skipped, with why)
+      -> capture each searchable module's input           (one forward pass)
       -> mode bases + one-pass MSE table per layer       (estimator.py)
       -> options with cost rows per layer                (options.py)
       -> measured latency per option, when a table is given (latency_costs.py; measured by deploy)
@@ -23,11 +24,14 @@ from .. import decompose as dec
 from ..plan import Plan
 from ..utils.modes import eval_mode
 from . import baselines as bl
+from ..layers import registry
 from .budgets import Budget, BudgetError
-from .estimator import ErrorTable, capture_inputs, output_grad_moments, patch_moment, rank_grid, tucker2_error_table
+from .estimator import (ErrorTable, LayerStats, capture_inputs, group_patch_moments, output_grad_moments, patch_moment,
+                        rank_grid, sparse_loss, tucker2_error_table)
 from .ilp import Option, solve, total_loss
 from .latency_costs import LatencyCosts, LatencyError, LayerSignature
-from .options import LayerShape, layer_options
+from .options import LayerShape, admits, layer_options
+from .spaces import SPACES
 
 METRICS = ("params", "flash", "macs", "ram")
 BASELINES = ("uniform", "vbmf", "energy")
@@ -36,6 +40,48 @@ BASELINES = ("uniform", "vbmf", "energy")
 def decomposable_convs(model: nn.Module) -> dict[str, nn.Conv2d]:
     """Plain convs a Tucker-2 can replace (exact ``nn.Conv2d``, ungrouped), in model order."""
     return {n: m for n, m in model.named_modules() if type(m) is nn.Conv2d and m.groups == 1}
+
+
+def layer_kind(module: nn.Module) -> str:
+    """``linear``, ``grouped`` (a conv with groups > 1, depthwise included), ``pointwise`` (1x1) or ``conv``."""
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if module.groups > 1:
+        return "grouped"
+    return "pointwise" if tuple(module.kernel_size) == (1, 1) else "conv"
+
+
+def _spatial(module: nn.Module, shape: Sequence[int]) -> tuple[int, ...]:
+    """The spatial part of a module's input shape (batch excluded): a conv's ``(H, W)``, a linear's token dims."""
+    return tuple(shape[:-1]) if isinstance(module, nn.Linear) else tuple(shape[-2:])
+
+
+def searchable_modules(model: nn.Module, space: str = "compressnas") -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """Every conv and linear of ``model`` the ``space`` (:data:`SPACES`) offers a type for, in model order, and
+    ``{name: reason}`` for each conv or linear left as it is (the search report lists them)."""
+    if space not in SPACES:
+        raise ValueError(f"unknown search space {space!r} (expected one of {', '.join(SPACES)})")
+    found: dict[str, nn.Module] = {}
+    skipped: dict[str, str] = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
+        base = nn.Conv2d if isinstance(m, nn.Conv2d) else nn.Linear
+        kind = layer_kind(m)
+        types = [registry.get(t) for t in SPACES[space].get(kind, ())]
+        if not types:
+            skipped[name] = f"a {kind} layer: the {space!r} search space has no type for it"
+        elif not any(admits(f, m) for f in types):
+            cls = f"{type(m).__module__}.{type(m).__qualname__}"
+            skipped[name] = (f"{cls} subclasses {base.__name__}: its forward may differ, no type replaces it"
+                             if type(m) is not base else f"no type of the {space!r} space replaces it")
+        elif base is nn.Conv2d and isinstance(m.padding, str):
+            skipped[name] = f"string padding {m.padding!r}: the estimator unfolds patches with numeric padding"
+        elif base is nn.Conv2d and m.padding_mode != "zeros":
+            skipped[name] = f"padding_mode {m.padding_mode!r}: the estimator assumes zero padding"
+        else:
+            found[name] = m
+    return found, skipped
 
 
 @dataclass
@@ -55,6 +101,9 @@ class SearchSpace:
     ram_beside: dict[str, tuple[int, int]] = field(default_factory=dict)  # per layer: cost.live_beside
     signatures: dict[str, LayerSignature] = field(default_factory=dict)  # per layer, at input_size: latency keys
     latency: LatencyCosts | None = None  # measured per-option latency, only when a table was attached
+    skipped: dict[str, str] = field(default_factory=dict)  # convs / linears the space leaves as they are: name -> why
+    kinds: dict[str, str] = field(default_factory=dict)  # per layer: conv, pointwise, grouped or linear (LAYER_KINDS)
+    types: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(SPACES["compressnas"]))  # kind -> types
 
     def size(self, plan: Plan, metric: str = "params") -> float:
         """Total ``metric`` of ``plan`` under this space's analytic cost rows (``latency``: the attached table)."""
@@ -75,8 +124,13 @@ class SearchSpace:
     def estimated_loss(self, plan: Plan) -> float:
         loss = 0.0
         for name, spec in plan.layers.items():
-            if spec["type"] == "tucker2":
+            if spec["type"] == "tucker2" and name in self.tables:
                 loss += self.tables[name](*spec["ranks"])
+            elif (spec["type"] == "svd" and self.kinds.get(name) in ("linear", "pointwise")
+                  and spec["rank"] in self.tables[name].in_grid):
+                loss += self.tables[name](spec["rank"], spec["rank"])  # a matrix: Tucker-2 at (r, r) is its SVD
+            else:  # another type: the loss its search option carries
+                loss += next((o.loss for o in self.options.get(name, ()) if o.spec == spec), 0.0)
         return loss
 
 
@@ -93,6 +147,7 @@ def build_space(
     max_patches: int = 16384,
     progress: bool = True,
     cost_size: Sequence[int] | None = None,
+    space: str = "compressnas",
 ) -> SearchSpace:
     """Capture calibration inputs and build every layer's options (the expensive, budget-free part).
 
@@ -104,6 +159,9 @@ def build_space(
 
     ``cost_size`` (``(C, H, W)``) prices the options at another resolution than the
     calibration images' (e.g. an MCU budget stated at 224 px while calibrating at 128).
+
+    ``space`` (:data:`SPACES`): which layer kinds are searched and with which types; modules it leaves
+    alone are listed with the reason in ``SearchSpace.skipped`` (and the search report).
     """
     from ..cost import live_beside, profile
 
@@ -112,21 +170,37 @@ def build_space(
     if estimator == "fisher" and labels is None:
         raise ValueError("the fisher estimator needs the calibration images' labels")
     t0 = time.perf_counter()
-    convs = decomposable_convs(model)
-    inputs = capture_inputs(model, convs, images)
-    grads = output_grad_moments(model, convs, images, labels) if estimator == "fisher" else {}
-    cost_hw = {n: s[-2:] for n, s in input_shapes(model, convs, cost_size).items()} if cost_size is not None else {}
-    shapes, bases, tables, options, signatures = {}, {}, {}, {}, {}
-    for name, conv in tqdm(convs.items(), desc="estimator tables", disable=not progress, leave=False):
+    found, skipped = searchable_modules(model, space)
+    inputs = capture_inputs(model, found, images)
+    for name in [n for n in found if n not in inputs]:
+        skipped[name] = "its input could not be captured (not called exactly once per forward pass)"
+        del found[name]
+    grads = output_grad_moments(model, found, images, labels) if estimator == "fisher" else {}
+    cost_hw = ({n: _spatial(found[n], s) for n, s in input_shapes(model, found, cost_size).items()}
+               if cost_size is not None else {})
+    shapes, bases, tables, options, signatures, kinds = {}, {}, {}, {}, {}, {}
+    for name, module in tqdm(found.items(), desc="estimator tables", disable=not progress, leave=False):
         x = inputs.pop(name)
-        hw = tuple(cost_hw.get(name, x.shape[-2:]))
-        shapes[name] = LayerShape.of(conv, hw)
-        signatures[name] = LayerSignature.of(conv, (conv.in_channels, *hw))
-        bases[name] = dec.mode_bases(conv.weight)
-        scale = 1.0 / (len(images) ** 2 * LayerShape.of(conv, x.shape[-2:]).hw_out)  # calibration positions
-        tables[name] = tucker2_error_table(bases[name], patch_moment(conv, x, max_patches),
-                                           rank_grid(conv.in_channels, step), grads.get(name), scale)
-        options[name] = layer_options(shapes[name], tables[name], tied=tied, step=step)
+        kinds[name] = layer_kind(module)
+        calib_hw = _spatial(module, tuple(x.shape[1:]))
+        hw = tuple(cost_hw.get(name, calib_hw))
+        shapes[name] = LayerShape.of(module, hw)
+        if isinstance(module, nn.Conv2d):
+            signatures[name] = LayerSignature.of(module, (module.in_channels, *hw))
+        scale = 1.0 / (len(images) ** 2 * LayerShape.of(module, calib_hw).hw_out)  # calibration positions
+        grad = grads.get(name)
+        if kinds[name] != "grouped":
+            weight = module.weight[:, :, None, None] if kinds[name] == "linear" else module.weight
+            bases[name] = dec.mode_bases(weight)
+            tables[name] = tucker2_error_table(bases[name], patch_moment(module, x, max_patches),
+                                               rank_grid(weight.shape[1], step), grad, scale)
+            stats = LayerStats(table=tables[name])
+        else:
+            moments = group_patch_moments(module, x, max_patches)
+            diag = torch.diagonal(grad) if grad is not None else None
+            stats = LayerStats(sparse=lambda d, w=module.weight, m=moments, g=diag, k=scale: sparse_loss(w, m, d, g, k))
+        options[name] = layer_options(shapes[name], stats, tied=tied, step=step, module=module,
+                                      types=SPACES[space][kinds[name]])
     input_size = tuple(cost_size) if cost_size is not None else tuple(images.shape[1:])
     live = live_beside(model, input_size)
     # live beside each layer (a residual input waiting for the add), and, once the layer is factorised,
@@ -140,7 +214,8 @@ def build_space(
     fixed = {m: base_cost[m] - sum(s.full_cost()[m] for s in shapes.values()) for m in ("params", "flash", "macs")}
     fixed["ram"] = 0.0  # peak RAM is bounded layer by layer: each option's own working set + what lives beside it
     return SearchSpace(shapes, bases, tables, options, base_cost, fixed, step, time.perf_counter() - t0, input_size,
-                       ram_beside=beside, signatures=signatures)
+                       ram_beside=beside, signatures=signatures, skipped=skipped, kinds=kinds,
+                       types=dict(SPACES[space]))
 
 
 LatencySource = Callable[[nn.Module, SearchSpace], LatencyCosts]
@@ -209,12 +284,17 @@ def _ranks_plan(space: SearchSpace, ranks: Callable[[str, LayerShape], tuple[flo
     under 0.1 % of a ResNet's params, and the image-facing filters are where a cut hurts most."""
     layers = {}
     for name, shape in space.shapes.items():
+        kind = space.kinds.get(name, "conv")
+        if kind == "grouped":
+            continue  # no channel modes to size: the baseline leaves it full
         if keep_stem and shape.c_in <= bl.KEEP_MODE:
             continue
         a, b = ranks(name, shape)
         r_out = bl.baseline_rank(a, shape.c_out, space.step, floor)
         r_in = bl.baseline_rank(b, shape.c_in, space.step, floor)
-        spec = {"type": "tucker2", "ranks": [r_out, r_in]}
+        # where the space sizes a matrix (1x1 conv, linear) by SVD: its two factors at the smaller mode rank
+        spec = ({"type": "tucker2", "ranks": [r_out, r_in]} if "tucker2" in space.types.get(kind, ("tucker2",))
+                else {"type": "svd", "rank": min(r_out, r_in)})
         if shape.cost(spec)["params"] < shape.full_cost()["params"]:
             layers[name] = spec
     return Plan(layers=layers, meta={"method": method})
@@ -310,14 +390,16 @@ def plan_summary(space: SearchSpace, plan: Plan) -> dict:
 def space_report(space: SearchSpace) -> dict:
     """Per-layer tables (JSON-ready, compact): shape, and one row per option with its loss and costs."""
     timed = space.latency is not None
-    columns = ["r_out", "r_in", "loss", *METRICS, *(["latency_ms"] if timed else [])]
+    # r_out, r_in: Tucker-2 ranks (None for full); another type's spec gets its own column
+    typed = any(o.spec["type"] not in ("full", "tucker2") for opts in space.options.values() for o in opts)
+    columns = ["r_out", "r_in", "loss", *METRICS, *(["latency_ms"] if timed else []), *(["spec"] if typed else [])]
     out = {}
     for name, opts in space.options.items():
         rows = []
         for o in opts:
-            r_out, r_in = o.spec.get("ranks", [None, None])  # None, None = full
+            r_out, r_in = o.spec.get("ranks", [None, None]) if o.spec["type"] == "tucker2" else (None, None)
             rows.append([r_out, r_in, float(f"{o.loss:.6g}"), *(int(o.cost[m]) for m in METRICS),
-                         *([float(f"{o.cost['latency']:.4g}")] if timed else [])])
+                         *([float(f"{o.cost['latency']:.4g}")] if timed else []), *([o.spec] if typed else [])])
         out[name] = {"shape": vars(space.shapes[name]), "columns": columns, "options": rows}
     return out
 

@@ -39,6 +39,7 @@ def write_search(result: SearchResult, out: Path, base: Mapping, measured: Mappi
         "seconds": {"tables": space.seconds, "solve": result.seconds, "total": space.seconds + result.seconds},
         **(dict(extra) if extra else {}),
         "budgets": budgets,
+        "skipped": dict(space.skipped),  # convs / linears the search left as they are, with why
         "layers": space_report(space),
     }
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -44,6 +44,7 @@ def search_and_write(
     progress: bool = True,
     latency: LatencySource | None = None,
     cost_size: int | None = None,
+    search_space: str = "compressnas",
 ) -> dict:
     """Run the whole search; with ``evaluate`` also measure every plan's zero-shot top-1 on the selection split
     of ``DATA/train`` (``selection_top1``, what choices are made on) and on ``DATA/val`` (``top1``, reported only).
@@ -52,6 +53,7 @@ def search_and_write(
     ``latency`` (a measured table, see :data:`~stresnet.search.pipeline.LatencySource`) prices every option's
     latency, for ``latency<=`` budgets and the plans' predicted latency in the report. All costs (params aside)
     are priced at ``cost_size`` px when given (e.g. latency at 224 px while calibrating at 128), else at ``size``.
+    ``search_space`` (:data:`~stresnet.search.pipeline.SPACES`): which layer kinds are searched, with which types.
     """
     parsed = [parse_budget(b) for b in budgets]  # fail on a bad budget before any work
     timed = next((b for b in parsed if "latency" in b.absolute), None)
@@ -64,12 +66,12 @@ def search_and_write(
     images, labels = calibration_images(_split(data, "train"), calib, size, seed=seed)
     t_calib = time.perf_counter() - t0
     space = build_space(net, images, labels, estimator=estimator, step=step, tied=tied, progress=progress,
-                        cost_size=None if cost_size is None else (3, cost_size, cost_size))
+                        cost_size=None if cost_size is None else (3, cost_size, cost_size), space=search_space)
     if latency is not None:
         attach_latency(space, latency(net, space))
     result = run_search(space, parsed, baselines)
     measured: dict[str, dict[str, dict]] = {}
-    extra: dict = {"estimator": estimator,
+    extra: dict = {"estimator": estimator, "search_space": search_space,
                    "calibration": {"images": len(images), "size": size, "seed": seed, "seconds": t_calib,
                                    "source": "train/ fit part (no selection split, no ILSVRC2012_val_*)"},
                    "checkpoint": str(checkpoint) if checkpoint else None}

@@ -31,6 +31,10 @@ class FamilyArm:
     stem_zero_shot: float | None
     epochs: int | None
     stem: str
+    lr: float | None = None            # the fine-tune's peak lr
+    lr_tried: tuple[float, ...] = ()   # the values it was chosen from on the selection split (empty: fixed)
+    selection_top1: float | None = None
+    train_on: str = "all"              # fine-tune images: all of train/, or its fit part (TrainConfig.train_on)
 
 
 def _arm(arm: Mapping[str, Any]) -> FamilyArm | None:
@@ -41,10 +45,14 @@ def _arm(arm: Mapping[str, Any]) -> FamilyArm | None:
     stem = stages.get("search", {}).get("chosen_stem")
     if stem is None:  # ST's plan: its stem comes with the rank table
         stem = "width32+proj" if decompose.get("stem_init") else "base"
+    finetune = stages.get("finetune", {})
+    config = finetune.get("config", {})
     return FamilyArm(top1=arm["final"]["top1"], images=arm["final"]["images"],
                      zero_shot=decompose.get("zero_shot_top1"),
                      stem_zero_shot=(decompose.get("stem_init") or {}).get("zero_shot_top1"),
-                     epochs=stages.get("finetune", {}).get("epochs"), stem=stem)
+                     epochs=finetune.get("epochs"), stem=stem, lr=config.get("lr"),
+                     lr_tried=tuple(c["values"]["lr"] for c in finetune.get("candidates", []) if "lr" in c["values"]),
+                     selection_top1=finetune.get("selection_top1"), train_on=config.get("train_on", "all"))
 
 
 def load_family(results: Path) -> dict[str, dict[str, FamilyArm]]:
@@ -102,8 +110,11 @@ def verdict(variant: str, arms: Mapping[str, FamilyArm]) -> str:
         return f"{variant}: the searched model beats ST's ranks by {100 * gap:.2f} points ({images} val images{start})."
     why = ""
     if start and searched.zero_shot > st.zero_shot and searched.top1 < searched.zero_shot:
-        why = (" The fine-tune (the same for both arms) lowered the searched model below its own zero-shot top-1: "
-               "its learning rate (the zoo's 0.01) was never chosen for a start this close to the base.")
+        why = " The fine-tune (the same for both arms) lowered the searched model below its own zero-shot top-1"
+        why += (f", even at the lr the selection split chose ({searched.lr:g} of "
+                f"{', '.join(f'{v:g}' for v in searched.lr_tried)})." if searched.lr_tried else
+                f": its learning rate ({searched.lr if searched.lr is not None else '?'}) was never chosen for a "
+                "start this close to the base.")
     if images <= NOISE_IMAGES:
         return (f"{variant}: a tie ({100 * gap:+.2f} points, {images} of {st.images} val images, within noise{start}): "
                 f"the search does not beat ST's ranks here.{why}")
@@ -125,16 +136,31 @@ def family_section(variant: str, arms: Mapping[str, FamilyArm], level: str = "##
             f"peak RAM <= {budget['ram']:,} B). Stem-only: the fitted narrowed stem in the base, nothing else changed.",
             "",
             "| arm | model | stem | params | int8 flash (B) | MACs | peak RAM (B) | latency (ms) | stem-only | zero-shot "
-            "| epochs | top-1 |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| epochs | lr | selection top-1 | top-1 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for kind, arm in arms.items():
         c = _costs(names[kind])
         rows.append(f"| {ARMS[kind]} | `{names[kind]}` | {arm.stem} | {c['params']:,} | {c['flash']:,} | {c['macs']:,} | "
                     f"{c['ram']:,} | {_ms(latency.get(names[kind]))} | {_pct(arm.stem_zero_shot)} | {_pct(arm.zero_shot)} | {arm.epochs} | "
-                    f"{_pct(arm.top1)} |")
+                    f"{_lr(arm)} | {_pct(arm.selection_top1)} | {_pct(arm.top1)} |")
     note = ("Latency: onnxruntime, batch 1, 224 px, median of one run of `stresnet bench latency` on this project's "
             f"CPU (`recipes/results/{LATENCY_FILE}`)." if latency else "Latency: not measured yet.")
-    return rows + ["", note, "", verdict(f"stresnet_{variant}", arms), ""]
+    return rows + ["", _data_note(arms), "", note, "", verdict(f"stresnet_{variant}", arms), ""]
+
+
+def _lr(arm: FamilyArm) -> str:
+    if arm.lr is None:
+        return "-"
+    return f"{arm.lr:g}" + (f" (of {', '.join(f'{v:g}' for v in arm.lr_tried)})" if arm.lr_tried else "")
+
+
+def _data_note(arms: Mapping[str, FamilyArm]) -> str:
+    """What each arm fine-tuned on and how its lr was picked: the choice is made on the selection split, never val."""
+    if all(a.train_on == "fit" for a in arms.values()):
+        return ("Fine-tune data: train/ without its selection split (100 images per class) and its ILSVRC2012_val_* "
+                "files. Where the lr column lists several values, each was fine-tuned and the one with the best "
+                "selection-split top-1 was kept; val only reports.")
+    return "Fine-tune data: all of train/ (this recipe run predates the held-out selection split for fine-tunes)."
 
 
 def family_card_notes(family: Mapping[str, Mapping[str, FamilyArm]],

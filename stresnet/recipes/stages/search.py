@@ -21,7 +21,7 @@ def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
                               out, num_classes=run.base.get("num_classes"), size=run.input_size,
                               calib=int(p.get("calib", 256)), step=int(p.get("step", STEP)),
                               estimator=str(p.get("estimator", ESTIMATOR)), seed=int(p.get("seed", 0)),
-                              progress=run.progress)
+                              progress=run.progress, search_space=str(p.get("space", "compressnas")))
     row = next(iter(report["budgets"].values()))
     state.plan = str(out / f"plan_{next(iter(report['budgets']))}.json")
     result = {"budget": budget, "plan": state.plan, "seconds": report["seconds"], "searched": row["methods"]["searched"]}
