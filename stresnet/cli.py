@@ -267,7 +267,8 @@ def _cmd_zero_shot_imagenet(args: argparse.Namespace) -> int:
     from .zero_shot import zero_shot_arms
 
     result = zero_shot_arms(args.model, args.checkpoint, args.data, args.budget, crop_pct=args.crop_pct,
-                            limit=args.limit, batch_size=args.batch_size, progress=not args.quiet)
+                            limit=args.limit, batch_size=args.batch_size, progress=not args.quiet,
+                            calib=args.calib_images, seed=args.seed)
     result["command"] = " ".join(["stresnet", *sys.argv[1:]])
     print(f"dense: {result['dense']['params']} params, top-1 {100 * result['dense']['top1']:.2f} %")
     for label, row in result["budgets"].items():
@@ -668,6 +669,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_factor, action="append", required=True,
                    help="factor of fewer stored params, e.g. 1.5x (repeat for several)")
     p.add_argument("--crop-pct", type=float, default=None, help="centre-crop fraction (default: the checkpoint's cfg)")
+    p.add_argument("--calib-images", type=int, default=0,
+                   help="N > 0 adds the calibrated arms: the search's plans (space 'any', and low-rank only) at each "
+                        "budget, calibrated on N fit-part train/ images (default: 0, data-free arms only)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
     p.set_defaults(func=_cmd_zero_shot_imagenet)
 
     for verb, text in (("cards", "write a model card per zoo variant from measured numbers (+ the evidence report)"),

@@ -7,7 +7,13 @@ is not ResNet-18: magnitude pruning (:func:`~stresnet.train.sparsity.dense_pruni
 and uniform Tucker-2 (:func:`~stresnet.search.uniform.uniform_plan`, largest ratio within the budget) and LR+S at
 the Tucker-2 plan's per-layer params (:func:`~stresnet.train.sparsity.lrs_plan_like`, one row per sparse fraction:
 choosing the fraction needs calibration images, which a data-free arm has none of). What those functions cannot
-cover on the model is recorded, one line each, instead of worked around."""
+cover on the model is recorded, one line each, instead of worked around.
+
+With ``calib`` images, two calibrated arms join them (:func:`searched_arms`): the search in its ``any`` space
+(Tucker-2 for kxk convs, SVD for 1x1 convs and the classifier, magnitude-pruned sparse depthwise convs) and the
+same space without the sparse options (low-rank only), each the ILP's plan at the budget's stored params. Their
+calibration images come from the fit part of Imagenette's train/ (never its selection split, never an
+``ILSVRC2012_val_*`` file), put through the checkpoint's own transform, with 1000-way labels."""
 from __future__ import annotations
 
 import copy
@@ -27,7 +33,9 @@ from .search.uniform import uniform_plan
 from .train.sparsity import DEFAULT_FRACTIONS, dense_pruning_plan, lrs_plan_like
 from .utils.provenance import data_fingerprint, provenance, utc_now
 
-__all__ = ["arm_plans", "uncovered", "zero_shot_arms"]
+__all__ = ["arm_plans", "uncovered", "zero_shot_arms", "calibration_batch", "searched_arms"]
+
+SEARCHED_ARMS = ("searched_lowrank", "searched_any")
 
 
 def _uniform_within(model: nn.Module, kind: str, target: int) -> Plan:
@@ -91,12 +99,63 @@ def uncovered(model: nn.Module) -> list[str]:
     return lines
 
 
+def calibration_batch(folder: str | Path, config: Mapping[str, Any], n: int, seed: int = 0):
+    """``n`` images (fixed ``seed``) of the fit part of ``folder/train`` through ``timm.data.create_transform(
+    **config)``, with their ImageNet-1k labels: one ``(images, labels)`` batch."""
+    import torch
+    from timm.data import create_transform
+
+    from .data import create_dataset, sample_names, split_indices
+    from .imagenet.evaluate import LabelledFiles
+    from .imagenet.split import imagenet_index
+
+    train = Path(folder) / "train"
+    ds = create_dataset(train)
+    samples = sample_names(ds, train)
+    fit = split_indices(samples)["fit"]
+    index = imagenet_index()
+    pick = torch.randperm(len(fit), generator=torch.Generator().manual_seed(seed))[: min(n, len(fit))].tolist()
+    files = LabelledFiles([(samples[fit[i]][0], index[ds.classes[samples[fit[i]][1]]]) for i in sorted(pick)],
+                          create_transform(**config))
+    images, labels = zip(*(files[i] for i in range(len(files))))
+    return torch.stack(images), torch.tensor(labels)
+
+
+def searched_arms(base: nn.Module, images, labels, targets: Mapping[str, int], estimator: str = "fisher",
+                  step: int = 16, progress: bool = False) -> tuple[dict[str, dict[str, Plan]], dict[str, Any]]:
+    """``{budget: {arm: plan}}`` of the calibrated arms (:data:`SEARCHED_ARMS`) at each budget's ``targets``
+    stored params, from one search space (``any``); low-rank only is the same space without its sparse options.
+    Also returns what the space left alone (``skipped``) and its build time."""
+    from .search.budgets import parse_budget
+    from .search.ilp import InfeasibleBudget
+    from .search.pipeline import build_space, searched_plan
+
+    space = build_space(base, images, labels, estimator=estimator, step=step, progress=progress, space="any")
+    everything = dict(space.options)
+    lowrank = {n: [o for o in opts if o.spec["type"] != "sparse"] for n, opts in everything.items()}
+    plans: dict[str, dict[str, Plan]] = {}
+    failed: dict[str, dict[str, str]] = {}
+    for label, target in targets.items():
+        plans[label], failed[label] = {}, {}
+        for arm, options in (("searched_lowrank", lowrank), ("searched_any", everything)):
+            space.options = options
+            try:
+                plans[label][arm] = searched_plan(space, parse_budget(f"params<={target}"))
+            except InfeasibleBudget as e:
+                failed[label][arm] = str(e).splitlines()[0]
+    space.options = everything
+    return plans, {"skipped": dict(space.skipped), "seconds": space.seconds, "estimator": estimator, "step": step,
+                   "failed": failed, "bases": space.bases}
+
+
 def zero_shot_arms(arch: str, checkpoint: str | Path, folder: str | Path, budgets: Sequence[float],
                    fractions: Sequence[float] = DEFAULT_FRACTIONS, crop_pct: float | None = None,
-                   limit: int | None = None, batch_size: int = 50, progress: bool = False) -> dict[str, Any]:
+                   limit: int | None = None, batch_size: int = 50, progress: bool = False,
+                   calib: int = 0, seed: int = 0) -> dict[str, Any]:
     """Every arm at each budget (``budgets``: factors of fewer stored params than the base, e.g. 1.5 and 2),
     compressed by decomposing the base's weights (magnitude masks, truncated SVD / HOSVD; no data), scored on
-    the 1000-way split of the Imagenette root ``folder`` (its first ``limit`` images when given)."""
+    the 1000-way split of the Imagenette root ``folder`` (its first ``limit`` images when given). ``calib`` > 0
+    adds the calibrated :func:`searched_arms` (``calib`` images drawn with ``seed``)."""
     started, t0 = utc_now(), time.perf_counter()
     base = base_model(arch, checkpoint)
     config = data_config(base, {"crop_pct": crop_pct})
@@ -108,13 +167,24 @@ def zero_shot_arms(arch: str, checkpoint: str | Path, folder: str | Path, budget
         return imagenet_accuracy(model, samples, config, batch_size=batch_size, progress=progress)
 
     dense = plan_params(base, Plan(layers={}))
+    targets = {f"{factor:g}x": int(dense / factor) for factor in budgets}
+    searched, search_info, bases = {}, None, None
+    if calib > 0:
+        images, labels = calibration_batch(folder, config, calib, seed)
+        searched, search_info = searched_arms(base, images, labels, targets, progress=progress)
+        bases = search_info.pop("bases")
+        search_info.update(calibration={"images": len(images), "seed": seed,
+                                        "source": "train/ fit part (no selection split, no ILSVRC2012_val_*)"})
     rows: dict[str, Any] = {}
     for factor in budgets:
-        target = int(dense / factor)
+        target = targets[f"{factor:g}x"]
         plans, failures = arm_plans(base, target, fractions)
+        plans.update(searched.get(f"{factor:g}x", {}))
+        failures.update((search_info or {}).get("failed", {}).get(f"{factor:g}x", {}))
         arms: dict[str, Any] = {}
         for arm, plan in plans.items():
-            model = compress(copy.deepcopy(base), plan, init="decompose")
+            model = compress(copy.deepcopy(base), plan, init="decompose",
+                             **({"bases": bases} if arm in SEARCHED_ARMS else {}))
             arms[arm] = {"params": plan_params(base, plan), "layers": len(plan.layers),
                          "meta": {k: v for k, v in plan.meta.items() if k in ("method", "density", "ratio",
                                                                               "sparse_fraction")},
@@ -122,5 +192,6 @@ def zero_shot_arms(arch: str, checkpoint: str | Path, folder: str | Path, budget
         rows[f"{factor:g}x"] = {"target_params": target, "arms": arms, "failed": failures}
     return {"model": arch, "checkpoint": str(checkpoint), "data_config": config,
             "dense": {"params": dense, **score(base)}, "budgets": rows, "uncovered": uncovered(base),
+            **({"search": {k: v for k, v in search_info.items() if k != "failed"}} if search_info else {}),
             "split": {"folder": str(folder), "images": len(samples)},
             "provenance": provenance(started, time.perf_counter() - t0, checkpoint, [data_fingerprint(folder)])}

@@ -180,3 +180,26 @@ def test_zero_shot_cli_refuses_a_budget_below_one(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["zero-shot-imagenet", "--checkpoint", "c", "--data", "d", "--budget", "0.5x"])
     assert "budget '0.5x'" in capsys.readouterr().err
+
+
+def test_calibrated_arms_hold_the_stored_params_and_low_rank_has_no_sparse_part() -> None:
+    """The two searched arms come from one ``any`` space at the same stored-params target (values and indices
+    counted); the low-rank arm is that space without its sparse options."""
+    import timm
+    import torch
+
+    from stresnet.cost import plan_params
+    from stresnet.plan import Plan
+    from stresnet.zero_shot import searched_arms
+
+    torch.manual_seed(0)
+    model = timm.create_model("efficientnet_lite0").eval()
+    target = int(plan_params(model, Plan(layers={})) / 1.5)
+    images, labels = torch.randn(8, 3, 64, 64), torch.randint(0, 1000, (8,))
+    plans, info = searched_arms(model, images, labels, {"1.5x": target}, step=64)
+    arms = plans["1.5x"]
+    assert set(arms) == {"searched_lowrank", "searched_any"} and not info["failed"]["1.5x"]
+    for plan in arms.values():
+        assert 0.9 * target < plan_params(model, plan) <= target
+    assert all(s["type"] != "sparse" for s in arms["searched_lowrank"].layers.values())
+    assert arms["searched_lowrank"].layers.get("classifier", {}).get("type") in (None, "svd")
