@@ -614,7 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", choices=tuple(SEARCH_SPACES), default="compressnas",
                    help="compressnas: every ungrouped conv as Tucker-2 (the paper's space, the zoo's ResNet-18 plans); "
                         "any: Tucker-2 for kxk convs, SVD for 1x1 convs and linears, sparse for grouped/depthwise "
-                        "convs (efficient nets); what a space leaves alone is listed in report.json")
+                        "convs (efficient nets); lowrank: any without the sparse parts; what a space leaves alone is "
+                        "listed in report.json")
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("search-family",

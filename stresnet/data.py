@@ -23,6 +23,84 @@ TIMM_SPLITS = {"train": "train", "val": "validation"}
 IMAGENETTE_SIZES = {"imagenette2-160": "160px", "imagenette2-320": "320px", "imagenette2": "full"}
 
 
+@dataclass(frozen=True)
+class Reading:
+    """How a model reads an image folder: its normalisation, resize interpolation and eval crop, and what the
+    class folders mean. The defaults are the recipes' Imagenette reading (ImageNet mean/std, bilinear, crop
+    0.875, targets = sorted folder index). ``labels="imagenet-1k"``: the class folders are ImageNet synsets
+    (Imagenette's are) and a target is the synset's ImageNet-1k index, so a 1000-class model is trained,
+    calibrated and scored on its own classes."""
+
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875
+    labels: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.labels not in LABEL_SPACES:
+            raise ValueError(f"labels {self.labels!r}: expected one of {', '.join(map(str, LABEL_SPACES))}")
+        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
+            raise ValueError(f"interpolation {self.interpolation!r}: expected bilinear, bicubic or nearest")
+
+    @classmethod
+    def of_config(cls, config: dict, labels: str | None = None) -> "Reading":
+        """From a timm data config (``resolve_data_config``: mean, std, interpolation, crop_pct)."""
+        return cls(tuple(config["mean"]), tuple(config["std"]), str(config["interpolation"]),
+                   float(config["crop_pct"]), labels)
+
+
+@dataclass(frozen=True)
+class Folder:
+    """An image folder with its :class:`Reading`; ``folder / "train"`` keeps the reading. Path-like, so code
+    that only needs the path (fingerprints, messages) takes it as before."""
+
+    path: Path
+    reading: Reading
+
+    def __truediv__(self, name: str) -> "Folder":
+        return Folder(self.path / name, self.reading)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def is_dir(self) -> bool:
+        return self.path.is_dir()
+
+
+LABEL_SPACES = (None, "imagenet-1k")
+
+
+def reading_of(source: object) -> Reading:
+    """The :class:`Reading` a data source carries (a :class:`Folder`'s), else the default one."""
+    return source.reading if isinstance(source, Folder) else Reading()
+
+
+def imagenet_index() -> dict[str, int]:
+    """WordNet synset -> ImageNet-1k class index, from timm's bundled synset list (no download)."""
+    from timm.data import ImageNetInfo
+
+    return {synset: i for i, synset in enumerate(ImageNetInfo("imagenet-1k").label_names())}
+
+
+def _target_map(root: Path, labels: str | None) -> Callable[[int], int] | None:
+    """The target transform of ``labels`` for the ImageFolder at ``root`` (None: folder index as is)."""
+    if labels is None:
+        return None
+    from torchvision.datasets.folder import find_classes
+
+    classes, _ = find_classes(str(root))
+    index = imagenet_index()
+    unknown = [c for c in classes if c not in index]
+    if unknown:
+        raise DataError(f"{root / unknown[0]}: {unknown[0]!r} is not an ImageNet-1k synset (labels: {labels})")
+    table = [index[c] for c in classes]
+    return table.__getitem__
+
+
 class DataError(FileNotFoundError):
     """Data that cannot be opened; one line naming the folder or dataset spec. A FileNotFoundError, so that every
     command already reports it as one line without a traceback."""
@@ -88,10 +166,11 @@ def imagenette_folder(src: DataSplit) -> Path | None:
     return Path(src.root) / src.name.partition("/")[2].lower()
 
 
-def create_dataset(source: str | Path | DataSplit, transform: Callable | None = None) -> Dataset:
+def create_dataset(source: str | Path | Folder | DataSplit, transform: Callable | None = None) -> Dataset:
     """THE dataset of one split: a folder path -> torchvision ``ImageFolder`` (class index = sorted folder names;
-    the same samples in the same order as ever); a :class:`DataSplit` -> torchvision's Imagenette for
-    ``torch/imagenette2*``, else :func:`timm.data.create_dataset` (map-style or iterable, as timm builds it).
+    the same samples in the same order as ever; a :class:`Folder` maps targets as its reading says); a
+    :class:`DataSplit` -> torchvision's Imagenette for ``torch/imagenette2*``, else
+    :func:`timm.data.create_dataset` (map-style or iterable, as timm builds it).
     Any failure is one :class:`DataError` line naming the folder or spec."""
     if not isinstance(source, DataSplit):
         from torchvision import datasets
@@ -99,7 +178,7 @@ def create_dataset(source: str | Path | DataSplit, transform: Callable | None = 
         root = Path(source)
         if not root.is_dir():
             raise DataError(f"data folder {root}: not found")
-        return datasets.ImageFolder(str(root), transform)
+        return datasets.ImageFolder(str(root), transform, target_transform=_target_map(root, reading_of(source).labels))
     if _is_imagenette(source):
         return _imagenette(source, transform)
     from timm.data import create_dataset as timm_dataset
@@ -134,21 +213,24 @@ def map_style(ds: Dataset, source: object, what: str) -> Dataset:
     return ds
 
 
-def eval_transform(size: int, crop_pct: float = 0.875):
-    """Resize to ``size / crop_pct`` then centre-crop ``size`` (timm's eval pipeline; 128 -> 146 -> 128)."""
+def eval_transform(size: int, crop_pct: float | None = None, reading: Reading | None = None):
+    """Resize to ``size / crop_pct`` then centre-crop ``size`` (timm's eval pipeline; 128 -> 146 -> 128), with
+    ``reading``'s interpolation, crop (unless ``crop_pct``) and normalisation (default: :class:`Reading`'s)."""
     from torchvision import transforms as T
 
+    reading = reading or Reading()
+    crop = reading.crop_pct if crop_pct is None else crop_pct
     return T.Compose([
-        T.Resize(int(round(size / crop_pct))),
+        T.Resize(int(round(size / crop)), interpolation=T.InterpolationMode(reading.interpolation)),
         T.CenterCrop(size),
         T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        T.Normalize(reading.mean, reading.std),
     ])
 
 
-def image_folder(root: str | Path | DataSplit, size: int) -> Dataset:
-    """The dataset of one split (a folder or a :class:`DataSplit`) with the eval transform."""
-    return create_dataset(root, eval_transform(size))
+def image_folder(root: str | Path | Folder | DataSplit, size: int) -> Dataset:
+    """The dataset of one split (a folder or a :class:`DataSplit`) with the eval transform of its reading."""
+    return create_dataset(root, eval_transform(size, reading=reading_of(root)))
 
 
 def eval_loader(root: str | Path | DataSplit, size: int, batch_size: int = 128, workers: int = 1) -> DataLoader:

@@ -100,25 +100,12 @@ def uncovered(model: nn.Module) -> list[str]:
 
 
 def calibration_batch(folder: str | Path, config: Mapping[str, Any], n: int, seed: int = 0):
-    """``n`` images (fixed ``seed``) of the fit part of ``folder/train`` through ``timm.data.create_transform(
-    **config)``, with their ImageNet-1k labels: one ``(images, labels)`` batch."""
-    import torch
-    from timm.data import create_transform
+    """``n`` images (fixed ``seed``) of the fit part of ``folder/train``, read as the checkpoint reads them
+    (``config``, a timm data config) with ImageNet-1k labels: one ``(images, labels)`` batch."""
+    from .data import Folder, Reading, calibration_images
 
-    from .data import create_dataset, sample_names, split_indices
-    from .imagenet.evaluate import LabelledFiles
-    from .imagenet.split import imagenet_index
-
-    train = Path(folder) / "train"
-    ds = create_dataset(train)
-    samples = sample_names(ds, train)
-    fit = split_indices(samples)["fit"]
-    index = imagenet_index()
-    pick = torch.randperm(len(fit), generator=torch.Generator().manual_seed(seed))[: min(n, len(fit))].tolist()
-    files = LabelledFiles([(samples[fit[i]][0], index[ds.classes[samples[fit[i]][1]]]) for i in sorted(pick)],
-                          create_transform(**config))
-    images, labels = zip(*(files[i] for i in range(len(files))))
-    return torch.stack(images), torch.tensor(labels)
+    reading = Reading.of_config(dict(config), labels="imagenet-1k")
+    return calibration_images(Folder(Path(folder) / "train", reading), n, int(config["input_size"][-1]), seed=seed)
 
 
 def searched_arms(base: nn.Module, images, labels, targets: Mapping[str, int], estimator: str = "fisher",

@@ -3,6 +3,7 @@ evaluation split (exactly the files every training split excludes), and the conv
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections import OrderedDict
 from pathlib import Path
 
@@ -203,3 +204,78 @@ def test_calibrated_arms_hold_the_stored_params_and_low_rank_has_no_sparse_part(
         assert 0.9 * target < plan_params(model, plan) <= target
     assert all(s["type"] != "sparse" for s in arms["searched_lowrank"].layers.values())
     assert arms["searched_lowrank"].layers.get("classifier", {}).get("type") in (None, "svd")
+
+
+SYNSETS = ("n01440764", "n02102040", "n02979186")  # tench, English springer, cassette player: ImageNet 0, 217, 482
+
+
+@pytest.fixture(scope="module")
+def synset_tree(tmp_path_factory) -> Path:
+    """Imagenette's layout in miniature: synset class folders, 12 train / 4 val images each, of which 2 train and 1
+    val are named like ImageNet validation files (the 1000-way evaluation split)."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("synsets")
+    rng = np.random.default_rng(0)
+    for split, n, ilsvrc in (("train", 12, 2), ("val", 4, 1)):
+        for c, synset in enumerate(SYNSETS):
+            d = root / split / synset
+            d.mkdir(parents=True)
+            for i in range(n):
+                name = f"ILSVRC2012_val_{c:04d}{i:04d}.JPEG" if i < ilsvrc else f"{synset}_{i}.JPEG"
+                img = rng.normal(110 + 30 * c, 40, size=(40, 40, 3)).clip(0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / name, format="JPEG")
+    return root
+
+
+def test_a_folder_read_with_imagenet_labels_gives_1000_way_targets(synset_tree: Path, tmp_path: Path) -> None:
+    from stresnet.data import DataError, Folder, Reading, create_dataset
+
+    ds = create_dataset(Folder(synset_tree / "val", Reading(labels="imagenet-1k")))
+    assert sorted({ds[i][1] for i in range(len(ds))}) == [0, 217, 482]
+    assert {y for _, y in create_dataset(synset_tree / "val").samples} == {0, 1, 2}  # the default reading
+    odd = tmp_path / "odd"
+    (odd / "not_a_synset").mkdir(parents=True)
+    (odd / "not_a_synset" / "x.JPEG").write_bytes((synset_tree / "val" / SYNSETS[0] / f"{SYNSETS[0]}_1.JPEG").read_bytes())
+    with pytest.raises(DataError, match="'not_a_synset' is not an ImageNet-1k synset"):
+        create_dataset(Folder(odd, Reading(labels="imagenet-1k")))
+
+
+def test_a_1000_class_recipe_reads_its_checkpoint_way_and_scores_the_ilsvrc_files(synset_tree: Path, tmp_path,
+                                                                                     one_thread) -> None:
+    """A 1000-class base on synset folders: the search calibrates with ImageNet labels (Fisher), the fine-tune
+    leaves the ILSVRC files out, and ``eval: {split: ilsvrc-val}`` scores exactly those files 1000-way."""
+    import timm
+    import torch
+    import yaml
+
+    from stresnet.recipes import RecipeError, load_recipe, run_recipe
+    from stresnet.zoo.hub import save_weights
+
+    torch.manual_seed(0)
+    base = tmp_path / "base.safetensors"
+    save_weights(timm.create_model("test_efficientnet"), base)
+    recipe = {"format": "stresnet-recipe/1", "name": "lite", "data": str(synset_tree), "input_size": 32,
+              "reading": {"preprocess": "checkpoint", "labels": "imagenet-1k"},
+              "base": {"model": "test_efficientnet", "checkpoint": str(base)},
+              "stages": [{"search": {"budget": "1.2x", "space": "lowrank", "step": 8, "calib": 8}},
+                         {"decompose": {}},
+                         {"finetune": {"epochs": 1, "batch_size": 4, "workers": 0, "train_on": "fit", "kd_alpha": 1.0,
+                                       "warmup_epochs": 0.5}},
+                         {"eval": {"split": "ilsvrc-val"}}]}
+    path = tmp_path / "lite.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    results = run_recipe(load_recipe(path), out_root=tmp_path / "runs", results_path=tmp_path / "r.json",
+                         progress=False, log=lambda _: None)
+    final = results["final"]
+    assert final["split"] == "ilsvrc-val" and final["images"] == 3 * 3  # 2 train + 1 val per class
+    assert results["base_ilsvrc-val"]["images"] == 9 and final["params"] < results["base_ilsvrc-val"]["params"]
+    stages = {s["type"]: s["result"] for s in results["stages"]}
+    assert stages["finetune"]["config"]["train_on"] == "fit" and 0 <= stages["finetune"]["selection_top1"] <= 1
+    plan = json.loads(Path(stages["search"]["plan"]).read_text())
+    assert plan["layers"] and all(s["type"] in ("tucker2", "svd") for s in plan["layers"].values())
+    bad = dict(recipe, reading={"labels": "imagenet-21k"})
+    path.write_text(yaml.safe_dump(bad, sort_keys=False))
+    with pytest.raises(RecipeError, match="reading.labels 'imagenet-21k'"):
+        load_recipe(path)

@@ -8,16 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..data import DataError, create_dataset, sample_names, split_indices
+from ..data import DataError, create_dataset, imagenet_index, sample_names, split_indices
 
 __all__ = ["imagenet_index", "imagenet_val_samples"]
-
-
-def imagenet_index() -> dict[str, int]:
-    """WordNet synset -> ImageNet-1k class index, from timm's bundled synset list (no download)."""
-    from timm.data import ImageNetInfo
-
-    return {synset: i for i, synset in enumerate(ImageNetInfo("imagenet-1k").label_names())}
 
 
 def imagenet_val_samples(folder: str | Path, splits: Sequence[str] = ("train", "val")) -> list[tuple[str, int]]:

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Subset
 
-from ..data import (IMAGENET_MEAN, IMAGENET_STD, DataSplit, create_dataset, eval_transform, map_style, sample_names,
-                    split_indices)
+from ..data import (IMAGENET_MEAN, IMAGENET_STD, DataSplit, Folder, create_dataset, eval_transform, map_style,
+                    reading_of, sample_names, split_indices)
 from ..utils.distributed import dist_info
 
 __all__ = ["train_transform", "eval_transform", "SeededAugment", "TrainLoader", "train_loader",
@@ -34,12 +34,14 @@ __all__ = ["train_transform", "eval_transform", "SeededAugment", "TrainLoader", 
 
 
 def train_transform(input_size: int, scale: tuple[float, float] = (0.35, 1.0), hflip: float = 0.5,
-                    interpolation: str = "bilinear") -> Callable:
-    """timm's training pipeline: RandomResizedCrop(``scale``) + horizontal flip, ImageNet mean/std, no colour jitter."""
+                    interpolation: str = "bilinear", mean: tuple[float, ...] = IMAGENET_MEAN,
+                    std: tuple[float, ...] = IMAGENET_STD) -> Callable:
+    """timm's training pipeline: RandomResizedCrop(``scale``) + horizontal flip, ``mean``/``std`` (default
+    ImageNet's), no colour jitter."""
     from timm.data import create_transform
 
     return create_transform(input_size, is_training=True, scale=scale, hflip=hflip, color_jitter=None,
-                            interpolation=interpolation, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+                            interpolation=interpolation, mean=mean, std=std)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -104,12 +106,15 @@ class TrainLoader:
     ``part="fit"`` trains on the folder without its selection split and ``ILSVRC2012_val_*`` files.
     """
 
-    def __init__(self, root: str | Path | DataSplit, input_size: int, batch_size: int, seed: int = 0, workers: int = 1,
+    def __init__(self, root: str | Path | Folder | DataSplit, input_size: int, batch_size: int, seed: int = 0, workers: int = 1,
                  scale: tuple[float, float] = (0.35, 1.0), pin_memory: bool = False, part: str | None = None):
         folder = map_style(create_dataset(root), root, "training")
         self.classes = getattr(folder, "classes", None)
         self.folder = split_part(folder, root, part)
-        self.dataset = SeededAugment(self.folder, train_transform(input_size, scale=scale), seed)
+        reading = reading_of(root)
+        self.dataset = SeededAugment(self.folder, train_transform(input_size, scale=scale,
+                                                                  interpolation=reading.interpolation,
+                                                                  mean=reading.mean, std=reading.std), seed)
         self.rank, self.world = dist_info()
         self.sampler = DistributedSampler(self.dataset, num_replicas=self.world, rank=self.rank, shuffle=True,
                                           seed=seed, drop_last=False)
@@ -131,16 +136,16 @@ class TrainLoader:
                           pin_memory=self.pin_memory)
 
 
-def train_loader(root: str | Path | DataSplit, input_size: int, batch_size: int, seed: int = 0, workers: int = 1,
+def train_loader(root: str | Path | Folder | DataSplit, input_size: int, batch_size: int, seed: int = 0, workers: int = 1,
                  **kwargs) -> TrainLoader:
     return TrainLoader(root, input_size, batch_size, seed=seed, workers=workers, **kwargs)
 
 
-def selection_loader(root: str | Path | DataSplit, input_size: int, batch_size: int, workers: int = 1,
+def selection_loader(root: str | Path | Folder | DataSplit, input_size: int, batch_size: int, workers: int = 1,
                      pin_memory: bool = False) -> DataLoader:
     """Eval loader over the selection split of a training folder (the images hyper-parameters are chosen on);
     sharded by rank like :func:`val_loader`."""
-    ds = split_part(create_dataset(root, eval_transform(input_size)), root, "selection")
+    ds = split_part(create_dataset(root, eval_transform(input_size, reading=reading_of(root))), root, "selection")
     rank, world = dist_info()
     if world > 1:
         ds = Subset(ds, list(range(rank, len(ds), world)))
@@ -148,11 +153,11 @@ def selection_loader(root: str | Path | DataSplit, input_size: int, batch_size: 
                       pin_memory=pin_memory)
 
 
-def val_loader(root: str | Path | DataSplit, input_size: int, batch_size: int, workers: int = 1,
+def val_loader(root: str | Path | Folder | DataSplit, input_size: int, batch_size: int, workers: int = 1,
                pin_memory: bool = False) -> DataLoader:
     """Eval loader (Resize(size/0.875) + CenterCrop); under DDP rank ``r`` gets images ``r::world`` (no padding,
     so summing correct counts over ranks gives the exact single-process accuracy)."""
-    ds = create_dataset(root, eval_transform(input_size))
+    ds = create_dataset(root, eval_transform(input_size, reading=reading_of(root)))
     rank, world = dist_info()
     if world > 1 and not isinstance(ds, IterableDataset):  # timm's streaming readers shard by rank themselves
         ds = Subset(ds, list(range(rank, len(ds), world)))

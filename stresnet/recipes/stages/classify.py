@@ -39,6 +39,18 @@ def check(recipe: dict, source: str) -> None:
         raise RecipeError(f"{source}: base.model is required")
     if ("stages" in recipe) == ("arms" in recipe):
         raise RecipeError(f"{source}: give either 'stages' or 'arms'")
+    reading = recipe.get("reading")
+    if reading is not None:
+        from ...data import LABEL_SPACES
+
+        if not isinstance(reading, dict) or set(reading) - {"preprocess", "labels"}:
+            raise RecipeError(f"{source}: reading must be a mapping with preprocess and/or labels, got {reading!r}")
+        if reading.get("preprocess", "default") not in ("default", "checkpoint"):
+            raise RecipeError(f"{source}: reading.preprocess {reading['preprocess']!r} is not 'default' or "
+                              f"'checkpoint'")
+        if reading.get("labels") not in LABEL_SPACES:
+            raise RecipeError(f"{source}: reading.labels {reading['labels']!r} is not one of "
+                              f"{', '.join(str(x) for x in LABEL_SPACES)}")
     arms = recipe["arms"] if "arms" in recipe else {"": recipe["stages"]}
     if not isinstance(arms, dict) or not arms:
         raise RecipeError(f"{source}: 'arms' must map arm names to stage lists")

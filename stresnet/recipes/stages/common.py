@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
 from torch import nn
 
-from ...data import DataSplit
+from ...data import DataSplit, Folder, Reading
 from ..config import RecipeError
 from ..runner import Run, StageState
 
@@ -30,7 +31,7 @@ class ClassifyRun(Run):
     """The run context of a classification recipe: its data splits, base model and current model."""
 
     @property
-    def data(self) -> Path:
+    def data(self) -> Path | Folder:
         """The data *folder* (the search reads ``<data>/train``, ``<data>/val``): the recipe's folder, or the one
         torchvision's Imagenette lives in (``<data_dir>/imagenette2-160``, downloaded first when the recipe asks).
         Other dataset specs have no folder: one line."""
@@ -38,12 +39,34 @@ class ClassifyRun(Run):
 
         data = self.recipe["data"]
         if not is_spec(data):
-            return Path(data)
+            return self._read(Path(data))
         folder = imagenette_folder(self.split("train"))
         if folder is None:
             raise RecipeError(f"recipe {self.recipe['_path']}: data {data} is a dataset spec; the search stage "
                               f"reads a folder (data: PATH with train/ and val/, or torch/imagenette2-160)")
-        return folder
+        return self._read(folder)
+
+    @cached_property
+    def reading(self) -> Reading | None:
+        """How the base reads images (recipe field ``reading``), None for the recipes' default reading.
+        ``reading: {preprocess: checkpoint, labels: imagenet-1k}``: the base checkpoint's own normalisation,
+        interpolation and crop (its timm pretrained cfg, with the overrides stored in the checkpoint), and
+        ImageNet-1k targets for the synset-named class folders (a 1000-class base on Imagenette)."""
+        spec = self.recipe.get("reading")
+        if spec is None:
+            return None
+        from ...imagenet.evaluate import data_config
+        from ...imagenet.weights import checkpoint_cfg
+
+        if spec.get("preprocess", "default") == "checkpoint":
+            checkpoint = self.base.get("checkpoint")
+            config = data_config(self.architecture(), checkpoint_cfg(checkpoint) if checkpoint else {})
+            return Reading.of_config(config, spec.get("labels"))
+        return Reading(labels=spec.get("labels"))
+
+    def _read(self, path: Path) -> Path | Folder:
+        reading = self.reading
+        return path if reading is None else Folder(path, reading)
 
     @property
     def input_size(self) -> int:
@@ -53,7 +76,7 @@ class ClassifyRun(Run):
     def base(self) -> dict:
         return self.recipe["base"]
 
-    def split(self, name: str) -> Path | DataSplit:
+    def split(self, name: str) -> Path | Folder | DataSplit:
         """``<data>/<name>`` for a folder; for a timm dataset spec (``data: hfds/imagenet-1k``,
         ``torch/imagenette2-160``), its split with the recipe's ``data_dir`` (timm's ``--data-dir``) and
         ``dataset_download`` (timm's ``--dataset-download``; off unless the recipe asks)."""
@@ -68,7 +91,7 @@ class ClassifyRun(Run):
             raise RecipeError(f"{where}: data split {split} does not exist (set another root with --set data=PATH, "
                               f"or download Imagenette: --set data=torch/imagenette2-160 --set data_dir=DIR "
                               f"--set dataset_download=true)")
-        return split
+        return self._read(split) if isinstance(split, Path) else split
 
     def base_model(self, checkpoint: str | None = None) -> nn.Module:
         from ...resolve import model_from_name

@@ -1,29 +1,53 @@
-"""``eval``: top-1/top-5 on val, params, MACs, int8 flash and peak RAM, against the base measured the same way."""
+"""``eval``: top-1/top-5 on val, params, MACs, int8 flash and peak RAM, against the base measured the same way.
+``eval: {split: ilsvrc-val}`` scores a 1000-class model 1000-way on the ``ILSVRC2012_val_*`` images of the
+data folder instead (ImageNet validation images no ImageNet model trained on; needs ``reading.labels:
+imagenet-1k``)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from torch import nn
 
+from ..config import RecipeError
 from .common import ClassifyRun, State
 
 
-def measure(run: ClassifyRun, model: nn.Module) -> dict:
+SPLITS = ("val", "ilsvrc-val")
+
+
+def _ilsvrc_accuracy(run: ClassifyRun, model: nn.Module) -> dict:
+    from ...imagenet.evaluate import imagenet_accuracy
+    from ...imagenet.split import imagenet_val_samples
+
+    reading = run.reading
+    if reading is None or reading.labels != "imagenet-1k":
+        raise RecipeError("stage eval: split ilsvrc-val needs reading: {labels: imagenet-1k} (a 1000-class base)")
+    config = {"input_size": (3, run.input_size, run.input_size), "interpolation": reading.interpolation,
+              "mean": reading.mean, "std": reading.std, "crop_pct": reading.crop_pct, "crop_mode": "center"}
+    return imagenet_accuracy(model, imagenet_val_samples(run.data.path), config)
+
+
+def measure(run: ClassifyRun, model: nn.Module, split: str = "val") -> dict:
     from ...cost import profile
     from ...evaluate import accuracy
 
-    acc = accuracy(model, run.split("val"), run.input_size)
+    acc = _ilsvrc_accuracy(run, model) if split == "ilsvrc-val" else accuracy(model, run.split("val"), run.input_size)
     prof = profile(model, (3, run.input_size, run.input_size))
     return {"top1": acc["top1"], "top5": acc["top5"], "images": acc["images"], "params": prof.params,
             "macs": prof.macs, "flash_bytes": prof.flash_bytes, "peak_ram_bytes": prof.peak_ram_bytes}
 
 
 def evaluate(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
-    row = measure(run, run.model(state))
-    if "base" not in run.results:
-        run.results["base"] = {"model": run.base["model"], "checkpoint": run.base.get("checkpoint"),
-                               **measure(run, run.teacher())}
-    base = run.results["base"]
+    split = p.get("split", "val")
+    if split not in SPLITS:
+        raise RecipeError(f"stage eval: split {split!r} is not one of {', '.join(SPLITS)}")
+    named = {} if split == "val" else {"split": split}
+    row = {**measure(run, run.model(state), split), **named}
+    key = "base" if split == "val" else f"base_{split}"
+    if key not in run.results:
+        run.results[key] = {"model": run.base["model"], "checkpoint": run.base.get("checkpoint"),
+                            **measure(run, run.teacher(), split), **named}
+    base = run.results[key]
     row["compression"] = {"params": base["params"] / row["params"], "macs": base["macs"] / row["macs"],
                           "flash": base["flash_bytes"] / row["flash_bytes"]}
     row["top1_drop_points"] = 100 * (base["top1"] - row["top1"])
