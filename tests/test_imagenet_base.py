@@ -275,6 +275,23 @@ def test_a_1000_class_recipe_reads_its_checkpoint_way_and_scores_the_ilsvrc_file
     assert stages["finetune"]["config"]["train_on"] == "fit" and 0 <= stages["finetune"]["selection_top1"] <= 1
     plan = json.loads(Path(stages["search"]["plan"]).read_text())
     assert plan["layers"] and all(s["type"] in ("tucker2", "svd") for s in plan["layers"].values())
+    # the sparse-only arm needs no plan: the base's plain convs pruned to its stored params / 1.5
+    from stresnet.cost import plan_params
+    from stresnet.plan import Plan
+
+    small = tmp_path / "small.safetensors"  # a 3-class head, so that the convs hold most of the params
+    save_weights(timm.create_model("test_efficientnet", num_classes=3), small)
+    pruned = {**{k: v for k, v in recipe.items() if k != "reading"}, "name": "lite_prune",
+              "base": {"model": "test_efficientnet", "num_classes": 3, "checkpoint": str(small)},
+              "stages": [{"lrs_plan": {"method": "prune", "over": "base", "budget": "1.5x"}}, {"decompose": {}},
+                         {"eval": {}}]}
+    path.write_text(yaml.safe_dump(pruned, sort_keys=False))
+    res = run_recipe(load_recipe(path), out_root=tmp_path / "runs", results_path=tmp_path / "p.json", progress=False,
+                     log=lambda _: None)
+    stage = res["stages"][0]["result"]
+    three = timm.create_model("test_efficientnet", num_classes=3)
+    assert stage["params_target"] == int(plan_params(three, Plan(layers={})) / 1.5)
+    assert plan_params(three, Plan.load(stage["plan"])) <= stage["params_target"] + 10
     bad = dict(recipe, reading={"labels": "imagenet-21k"})
     path.write_text(yaml.safe_dump(bad, sort_keys=False))
     with pytest.raises(RecipeError, match="reading.labels 'imagenet-21k'"):

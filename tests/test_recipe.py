@@ -148,6 +148,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
 def test_every_shipped_recipe_loads(path, monkeypatch):
     monkeypatch.setenv("IMAGENET_ROOT", "/data/imagenet")
     monkeypatch.setenv("COCO_ROOT", "/data/coco")  # the full-COCO detect recipes
+    monkeypatch.setenv("LITE0_CHECKPOINT", "lite0.safetensors")  # the imported EfficientNet-Lite0
     recipe = load_recipe(path)
     assert recipe["name"] == path.stem  # results land in recipes/results/<file stem>.json
 

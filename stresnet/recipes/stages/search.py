@@ -105,14 +105,17 @@ def plan(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
 
 def lrs_plan(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     """An LR+S (``method: lrs``) or magnitude-pruning (``method: prune``) plan with the current (Tucker-2) plan's
-    total params (``over: base``: prune every conv of the unmodified base instead of the plan's convs)."""
+    total params (``over: base``: prune every conv of the unmodified base instead of the plan's convs; with
+    ``budget: 1.5x`` at the base's stored params / 1.5, no plan needed)."""
     from ...data import selection_images
     from ...plan import Plan
     from ...train import sparsity
 
+    method = p.get("method", "lrs")
+    if method == "prune" and p.get("over") == "base" and "budget" in p:
+        return _pruning_at_budget(run, state, str(p["budget"]), out)
     require(state, "plan", "lrs_plan")
     require(state, "dense", "lrs_plan")
-    method = p.get("method", "lrs")
     model = run.model(state)
     tucker = Plan.load(state.plan)
     out.mkdir(parents=True, exist_ok=True)
@@ -139,3 +142,28 @@ def lrs_plan(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     new.save(out / "plan.json")
     state.plan = str(out / "plan.json")
     return {**result, "plan": state.plan}
+
+
+def _pruning_at_budget(run: ClassifyRun, state: State, budget: str, out: Path) -> dict:
+    """Every plain conv of the base magnitude-pruned to one density, at ``budget`` (``1.5x``: the base's stored
+    params / 1.5): the sparse-only arm of a comparison whose other arms search at the same budget."""
+    from ...plan import Plan
+    from ...train import sparsity
+
+    require(state, "dense", "lrs_plan")
+    if not budget.endswith("x"):
+        raise RecipeError(f"stage lrs_plan: budget {budget!r} is not a factor like 1.5x")
+    try:
+        factor = float(budget[:-1])
+    except ValueError:
+        raise RecipeError(f"stage lrs_plan: budget {budget!r} is not a factor like 1.5x") from None
+    if factor <= 1:
+        raise RecipeError(f"stage lrs_plan: budget {budget!r} must be above 1x")
+    model = run.model(state)
+    target = int(sparsity.plan_params(model, Plan(layers={})) / factor)
+    new = sparsity.dense_pruning_plan(model, target)
+    out.mkdir(parents=True, exist_ok=True)
+    new.save(out / "plan.json")
+    state.plan = str(out / "plan.json")
+    return {"method": "prune", "over": "base", "budget": budget, "params_target": target,
+            "density": new.meta["density"], "plan": state.plan}
