@@ -293,6 +293,7 @@ def _cmd_cards(args: argparse.Namespace) -> int:
     from .detect.card import detect_index_markdown, detect_results, write_card
     from .zoo.cards import index_markdown, plot_family, write_cards
     from .zoo.family_report import family_card_notes, family_markdown, load_family, load_latency
+    from .zoo.lrs_report import load_lrs, lrs_markdown, plot_lrs
     from .zoo.models import VARIANTS, weights_registry
     from .zoo.readme import update_readme
     from .zoo.report import ReportError, card_notes, evidence_markdown, load_evidence, plot_pareto
@@ -324,8 +325,16 @@ def _cmd_cards(args: argparse.Namespace) -> int:
     paths = write_cards(args.out, profiles, records, notes=notes)
     detectors = detect_results(Path(args.results))
     paths += [write_card(r, variant, tag, args.out) for r, variant, tag in detectors.values()]
+    lrs, lrs_dense = load_lrs(Path(args.results))
+    if lrs:  # the LR+S comparison's own card, with its plot
+        plot_lrs(lrs, lrs_dense, args.out / "efficientnet_lite0_lrs.png")
+        card = args.out / "efficientnet_lite0_lrs.md"
+        card.write_text(lrs_markdown(lrs, lrs_dense, level="#") + "\n\n![top-1 vs stored params]"
+                        "(efficientnet_lite0_lrs.png)\n")
+        paths.append(card)
     index = index_markdown(profiles, records, base,
-                           extra="\n".join(x for x in (family_markdown(family, latency), detect_index_markdown(detectors),
+                           extra="\n".join(x for x in (family_markdown(family, latency), lrs_markdown(lrs, lrs_dense),
+                                                       detect_index_markdown(detectors),
                                                        evidence_markdown(evidence, ev_base)) if x))
     (args.out / "README.md").write_text(index)
     plot = plot_family(records, base, args.out / "accuracy_vs_size.png")

@@ -1,0 +1,115 @@
+"""Low-rank vs sparse vs LR+S on an efficient net, generated from ``recipes/results/efficientnet_lite0_lrs.json``.
+
+The LR+S paper's claim is about networks that are already factorised, so the comparison that matters is on one:
+three ways to reach the same stored params (sparse values and indices counted), each scored zero-shot and after
+the same KD, 1000-way on ImageNet validation images. A reader asks which method to use at a budget; the verdict
+answers in images, and says so plainly where LR+S does not beat both others.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+RESULTS_FILE = "efficientnet_lite0_lrs.json"
+METHODS = {"lowrank": "low-rank only (searched)", "prune": "sparse only (magnitude pruning)",
+           "lrs": "LR+S (searched Tucker-2 + sparse)"}
+NOISE_IMAGES = 5  # a gap of at most this many images is a tie
+
+
+@dataclass
+class LrsArm:
+    """One arm: stored params, MACs, 1000-way top-1 zero-shot and after KD (``None`` until that stage ran)."""
+
+    params: int | None
+    macs: int | None
+    zero_shot: float | None
+    top1: float | None
+    images: int | None
+
+
+def _arm(arm: Mapping[str, Any]) -> LrsArm:
+    evals = {s["id"]: s["result"] for s in arm.get("stages", []) if s["type"] == "eval"}
+    zero, final = evals.get("zero_shot"), evals.get("eval")
+    row = final or zero or {}
+    return LrsArm(params=row.get("params"), macs=row.get("macs"), zero_shot=(zero or {}).get("top1"),
+                  top1=(final or {}).get("top1"), images=row.get("images"))
+
+
+def load_lrs(results: Path) -> tuple[dict[str, dict[str, LrsArm]], dict[str, Any] | None]:
+    """``({budget: {method: LrsArm}}, dense row)`` of the comparison's results (empty when it has not run)."""
+    path = results / RESULTS_FILE
+    if not path.is_file():
+        return {}, None
+    data = json.loads(path.read_text())
+    out: dict[str, dict[str, LrsArm]] = {}
+    for name, arm in (data.get("arms") or {}).items():
+        method, _, budget = name.partition("_")
+        if method in METHODS and arm.get("stages"):
+            out.setdefault(budget, {})[method] = _arm(arm)
+    return out, data.get("base_ilsvrc-val")
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def verdict(budget: str, arms: Mapping[str, LrsArm]) -> str:
+    """Does LR+S beat both other arms after KD at ``budget``, counted in images."""
+    if set(arms) != set(METHODS) or any(a.top1 is None for a in arms.values()):
+        return f"{budget}: not every arm has finished its fine-tune; no verdict yet."
+    lrs = arms["lrs"]
+    gaps = {m: round((lrs.top1 - a.top1) * lrs.images) for m, a in arms.items() if m != "lrs"}
+    if all(g > NOISE_IMAGES for g in gaps.values()):
+        return f"{budget}: LR+S beats both ({', '.join(f'+{g} images over {m}' for m, g in gaps.items())})."
+    lost = ", ".join(f"{g:+d} images vs {m}" for m, g in gaps.items())
+    return f"{budget}: LR+S does NOT beat both ({lost}; a gap of {NOISE_IMAGES} images or fewer is a tie)."
+
+
+def lrs_markdown(found: Mapping[str, Mapping[str, LrsArm]], dense: Mapping[str, Any] | None,
+                 level: str = "##") -> str:
+    """The comparison's table (one row per budget and method) and a verdict per budget."""
+    if not found:
+        return ""
+    head = (f"Dense EfficientNet-Lite0: {dense['params']:,} params, {_pct(dense['top1'])} % top-1 on "
+            f"{dense['images']} images." if dense else "Dense EfficientNet-Lite0: not measured yet.")
+    lines = [f"{level} Low-rank vs sparse vs LR+S on EfficientNet-Lite0 (ImageNet-1k)", "",
+             "Recipe `recipes/efficientnet_lite0_lrs.yaml`. Equal stored params per budget (sparse values and "
+             "indices counted); top-1 is 1000-way on the `ILSVRC2012_val_*` images (ImageNet validation images in "
+             "Imagenette). The KD fine-tune saw images of 10 ImageNet classes only. " + head, "",
+             "| budget | method | stored params | MACs | zero-shot top-1 | after KD top-1 |", "|---|---|---|---|---|---|"]
+    for budget, arms in found.items():
+        for method, arm in sorted(arms.items(), key=lambda kv: list(METHODS).index(kv[0])):
+            lines.append(f"| {budget} | {METHODS[method]} | {arm.params or 0:,} | {arm.macs or 0:,} | "
+                         f"{_pct(arm.zero_shot)} | {_pct(arm.top1)} |")
+    return "\n".join(lines + [""] + [f"- {verdict(b, arms)}" for b, arms in found.items()])
+
+
+def plot_lrs(found: Mapping[str, Mapping[str, LrsArm]], dense: Mapping[str, Any] | None, path: Path) -> Path:
+    """After-KD (filled) and zero-shot (hollow) top-1 vs stored params, one colour per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (method, label), color in zip(METHODS.items(), ("tab:blue", "tab:orange", "tab:green")):
+        pts = [a for arms in found.values() for m, a in arms.items() if m == method and a.params]
+        for attr, fill in (("top1", color), ("zero_shot", "none")):
+            xs = [a.params / 1e6 for a in pts if getattr(a, attr) is not None]
+            ys = [100 * getattr(a, attr) for a in pts if getattr(a, attr) is not None]
+            if xs:
+                ax.plot(xs, ys, "o", color=color, mfc=fill,
+                        label=f"{label}, {'after KD' if attr == 'top1' else 'zero-shot'}")
+    if dense:
+        ax.axhline(100 * dense["top1"], color="k", linestyle="--", linewidth=1,
+                   label=f"dense ({dense['params'] / 1e6:.2f} M)")
+    ax.set_xlabel("stored params (M, sparse values + indices)")
+    ax.set_ylabel("1000-way top-1 (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

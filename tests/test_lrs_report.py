@@ -1,0 +1,39 @@
+"""The LR+S comparison's report: arms read back from a results JSON, the verdict in images, the plot."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from stresnet.zoo.lrs_report import RESULTS_FILE, LrsArm, load_lrs, lrs_markdown, plot_lrs, verdict
+
+
+def _arm(zero: float, final: float | None, params: int) -> dict:
+    stages = [{"id": "zero_shot", "type": "eval", "result": {"top1": zero, "params": params, "macs": 1, "images": 435}}]
+    if final is not None:
+        stages.append({"id": "eval", "type": "eval", "result": {"top1": final, "params": params, "macs": 1,
+                                                                "images": 435}})
+    return {"stages": stages}
+
+
+def test_the_report_reads_every_arm_and_says_where_lrs_does_not_win(tmp_path: Path) -> None:
+    results = {"arms": {"lowrank_1.5x": _arm(0.40, 0.70, 3_000_000), "prune_1.5x": _arm(0.0, 0.60, 3_000_100),
+                        "lrs_1.5x": _arm(0.10, 0.71, 2_999_000), "lowrank_2x": _arm(0.05, 0.5, 2_300_000)},
+               "base_ilsvrc-val": {"params": 4_652_008, "top1": 0.7448, "images": 435}}
+    (tmp_path / RESULTS_FILE).write_text(json.dumps(results))
+    found, dense = load_lrs(tmp_path)
+    assert set(found) == {"1.5x", "2x"} and set(found["1.5x"]) == {"lowrank", "prune", "lrs"}
+    assert found["1.5x"]["lrs"].zero_shot == 0.10 and found["1.5x"]["lrs"].top1 == 0.71
+    text = lrs_markdown(found, dense)
+    assert "4,652,008 params, 74.48 %" in text and "| 1.5x | LR+S (searched Tucker-2 + sparse) | 2,999,000 |" in text
+    assert "1.5x: LR+S does NOT beat both (+4 images vs lowrank, +48 images vs prune" in text  # 4 images: a tie
+    assert "2x: not every arm has finished" in text
+    assert plot_lrs(found, dense, tmp_path / "p.png").stat().st_size > 0
+
+
+def test_lrs_wins_only_by_more_than_noise() -> None:
+    def arm(correct: int) -> LrsArm:
+        return LrsArm(params=1, macs=1, zero_shot=None, top1=correct / 435, images=435)
+
+    assert "beats both" in verdict("2x", {"lrs": arm(300), "lowrank": arm(290), "prune": arm(200)})
+    assert "does NOT" in verdict("2x", {"lrs": arm(300), "lowrank": arm(296), "prune": arm(200)})
+    assert load_lrs(Path("/nonexistent")) == ({}, None)
