@@ -214,9 +214,45 @@ def family(results: Path) -> str:
     return "\n".join(lines)
 
 
+ZERO_SHOT_IMAGENET = "imagenet_base/efficientnet_lite0_zero_shot_calibrated.json"
+
+
+def imagenet_zero_shot(results: Path) -> str:
+    """EfficientNet-Lite0's arms at equal stored params, no training: data-free and calibrated (the search)."""
+    path = results / ZERO_SHOT_IMAGENET
+    if not path.is_file():
+        return f"Not measured yet (`recipes/results/{ZERO_SHOT_IMAGENET}`)."
+    data = json.loads(path.read_text())
+    budgets = list(data["budgets"])
+    arms = list(dict.fromkeys(a for row in data["budgets"].values() for a in row["arms"]))
+    lines = ["| arm | " + " | ".join(budgets) + " |", "|---|" + "---|" * len(budgets)]
+    for arm in arms:
+        cells = [f"{_pct(data['budgets'][b]['arms'][arm]['top1'])} %" if arm in data["budgets"][b]["arms"] else "-"
+                 for b in budgets]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    dense = data["dense"]
+    lines += ["", f"1000-way top-1 on {dense['images']} `ILSVRC2012_val_*` images; dense {dense['params']:,} params, "
+              f"{_pct(dense['top1'])} %. Columns: fewer stored params than dense (values and indices counted)."]
+    if "search" in data:
+        lines.append(f"Calibrated arms: {data['search']['calibration']['images']} fit-part `train/` images, "
+                     f"{data['search']['estimator']} estimator, rank step {data['search']['step']}.")
+    return "\n".join(lines)
+
+
+def lrs_effnet(results: Path) -> str:
+    """The LR+S comparison on EfficientNet-Lite0 (recipes/efficientnet_lite0_lrs.yaml), after KD."""
+    from .lrs_report import RESULTS_FILE, load_lrs, lrs_markdown
+
+    found, dense = load_lrs(results)
+    if not found:
+        return f"Not run yet (`recipes/results/{RESULTS_FILE}`)."
+    return lrs_markdown(found, dense).split("\n", 2)[2]  # without its heading: the README section has one
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "recipe-results": recipe_results, "admm-lrs": admm_lrs, "search": search,
     "latency": latency, "int8": int8, "mcu": mcu, "family": family,
+    "imagenet-zero-shot": imagenet_zero_shot, "lrs-effnet": lrs_effnet,
 }
 
 
