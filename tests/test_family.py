@@ -111,3 +111,22 @@ def test_the_verdict_counts_images_and_calls_a_few_a_tie() -> None:
     trailed = FamilyArm(top1=1520 / 1982, images=1982, zero_shot=1600 / 1982, stem_zero_shot=None, epochs=2, stem="base")
     assert "lowered the searched model below its own zero-shot" in verdict("v", {"st": trailed, "searched": led})
     assert "only the st arm" in verdict("v", {"st": arm(1500)})
+
+
+def test_a_kept_start_reads_as_no_fine_tune_with_what_it_was_chosen_from() -> None:
+    """An arm whose selection split preferred the decomposed start to every fine-tune: 0 epochs, no lr, and the
+    card's lr column names the candidates."""
+    from stresnet.zoo.family_report import _arm, _lr
+
+    start = "start (no fine-tune)"
+    arm = {"final": {"top1": 0.87, "images": 1982}, "stages": [
+        {"type": "decompose", "result": {"zero_shot_top1": 0.87}},
+        {"type": "finetune", "result": {"selection_top1": 0.99, "epochs": 0, "chosen": start, "candidates": [
+            {"values": {"lr": 0.01}, "config": {"lr": 0.01, "train_on": "fit"}, "selection_top1": 0.98},
+            {"values": {"lr": 0.001}, "config": {"lr": 0.001, "train_on": "fit"}, "selection_top1": 0.95},
+            {"values": start, "selection_top1": 0.99, "epochs": 0}]}}]}
+    read = _arm(arm)
+    assert read.start_kept and read.epochs == 0 and read.lr is None and read.train_on == "fit"
+    assert _lr(read) == "none: start kept (of 0.01, 0.001, no fine-tune)"
+    arm["stages"][1]["result"].update(chosen={"lr": 0.01}, config={"lr": 0.01, "train_on": "fit"}, epochs=2)
+    assert _lr(_arm(arm)) == "0.01 (of 0.01, 0.001, no fine-tune)"

@@ -119,6 +119,7 @@ def test_overrides_and_variables(tree, tmp_path, monkeypatch):
     (lambda r: r["stages"][3]["finetune"].update(train_on="fit", choose={"lrr": [0.1]}),
      "unknown training option 'lrr'"),
     (lambda r: r["stages"][3]["finetune"].update(train_on="selection"), "train_on must be one of all, fit"),
+    (lambda r: r["stages"][3]["finetune"].update(compare_start=True), "compare_start needs choose"),
 ])
 def test_bad_recipes_fail_with_one_line_naming_the_field(tree, tmp_path, edit, message):
     recipe = _chain(tree)
@@ -372,15 +373,18 @@ def test_finetune_chooses_its_lr_on_the_selection_split_and_keeps_that_run(tree,
     from safetensors.torch import load_file
 
     recipe = _chain(tree)
-    recipe["stages"][3] = {"finetune": {**TRAIN, "epochs": 2, "train_on": "fit", "choose": {"lr": [0.0, 0.05]}}}
+    recipe["stages"][3] = {"finetune": {**TRAIN, "epochs": 2, "train_on": "fit", "choose": {"lr": [0.0, 0.05]},
+                                        "compare_start": True}}
     path = _write(tmp_path, recipe)
     results = run_recipe(load_recipe(path), out_root=tmp_path / "runs", results_path=tmp_path / "r.json",
                          progress=False, log=lambda _: None)
     ft = {s["type"]: s["result"] for s in results["stages"]}["finetune"]
-    tried = ft["candidates"]
+    tried, start = ft["candidates"][:2], ft["candidates"][2]
     assert [c["values"] for c in tried] == [{"lr": 0.0}, {"lr": 0.05}]
     assert all(0.0 <= c["selection_top1"] <= 1.0 and c["config"]["train_on"] == "fit" for c in tried)
+    assert start["values"] == "start (no fine-tune)" and start["epochs"] == 0  # scored, kept only if strictly best
     best = max(tried, key=lambda c: c["selection_top1"])  # first of equals
+    assert start["selection_top1"] <= best["selection_top1"]  # seeded: here a fine-tune wins, and is kept
     assert ft["chosen"] == best["values"] and ft["val_top1"] == best["val_top1"]
     run = tmp_path / "runs" / "tiny" / "finetune"
     chosen = load_file(str(run / f"lr={best['values']['lr']}" / "model.safetensors"))

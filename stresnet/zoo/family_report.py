@@ -33,6 +33,8 @@ class FamilyArm:
     stem: str
     lr: float | None = None            # the fine-tune's peak lr
     lr_tried: tuple[float, ...] = ()   # the values it was chosen from on the selection split (empty: fixed)
+    start_tried: bool = False          # the start (no fine-tune) was a candidate too
+    start_kept: bool = False           # ... and won: the published weights are the decomposed start
     selection_top1: float | None = None
     train_on: str = "all"              # fine-tune images: all of train/, or its fit part (TrainConfig.train_on)
 
@@ -46,12 +48,17 @@ def _arm(arm: Mapping[str, Any]) -> FamilyArm | None:
     if stem is None:  # ST's plan: its stem comes with the rank table
         stem = "width32+proj" if decompose.get("stem_init") else "base"
     finetune = stages.get("finetune", {})
-    config = finetune.get("config", {})
+    trained = [c for c in finetune.get("candidates", []) if "config" in c]  # a kept start has no config
+    config = finetune.get("config") or (trained[0]["config"] if trained else {})
     return FamilyArm(top1=arm["final"]["top1"], images=arm["final"]["images"],
                      zero_shot=decompose.get("zero_shot_top1"),
                      stem_zero_shot=(decompose.get("stem_init") or {}).get("zero_shot_top1"),
-                     epochs=finetune.get("epochs"), stem=stem, lr=config.get("lr"),
-                     lr_tried=tuple(c["values"]["lr"] for c in finetune.get("candidates", []) if "lr" in c["values"]),
+                     epochs=finetune.get("epochs"), stem=stem,
+                     lr=None if not isinstance(finetune.get("chosen", {}), dict) else config.get("lr"),
+                     lr_tried=tuple(c["values"]["lr"] for c in finetune.get("candidates", [])
+                                    if isinstance(c["values"], dict) and "lr" in c["values"]),
+                     start_tried=any(not isinstance(c["values"], dict) for c in finetune.get("candidates", [])),
+                     start_kept=not isinstance(finetune.get("chosen", {}), dict),
                      selection_top1=finetune.get("selection_top1"), train_on=config.get("train_on", "all"))
 
 
@@ -149,9 +156,11 @@ def family_section(variant: str, arms: Mapping[str, FamilyArm], level: str = "##
 
 
 def _lr(arm: FamilyArm) -> str:
-    if arm.lr is None:
-        return "-"
-    return f"{arm.lr:g}" + (f" (of {', '.join(f'{v:g}' for v in arm.lr_tried)})" if arm.lr_tried else "")
+    tried = [f"{v:g}" for v in arm.lr_tried] + (["no fine-tune"] if arm.start_tried else [])
+    of = f" (of {', '.join(tried)})" if tried else ""
+    if arm.start_kept:
+        return "none: start kept" + of
+    return "-" if arm.lr is None else f"{arm.lr:g}" + of
 
 
 def _data_note(arms: Mapping[str, FamilyArm]) -> str:
@@ -159,7 +168,10 @@ def _data_note(arms: Mapping[str, FamilyArm]) -> str:
     if all(a.train_on == "fit" for a in arms.values()):
         return ("Fine-tune data: train/ without its selection split (100 images per class) and its ILSVRC2012_val_* "
                 "files. Where the lr column lists several values, each was fine-tuned and the one with the best "
-                "selection-split top-1 was kept; val only reports.")
+                "selection-split top-1 was kept ('no fine-tune': the decomposed start itself was a candidate); val "
+                "only reports. The base was trained on all of train/, selection images included, so selection "
+                "top-1 reads high and favours staying close to the base: it ranks candidates, it is not an estimate "
+                "of accuracy.")
     return "Fine-tune data: all of train/ (this recipe run predates the held-out selection split for fine-tunes)."
 
 

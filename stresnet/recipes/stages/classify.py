@@ -64,6 +64,8 @@ def check(recipe: dict, source: str) -> None:
         for kind, params in listed:
             if kind in ("finetune", "admm", "train_base"):
                 train_config({k: v for k, v in params.items() if k not in TRAIN_EXTRA}, f"{where}.{kind}")
+            if kind == "finetune" and params.get("compare_start") and params.get("choose") is None:
+                raise RecipeError(f"{where}.finetune: compare_start needs choose (it is one more candidate)")
             if kind == "finetune" and params.get("choose") is not None:
                 if params.get("train_on") != "fit":
                     raise RecipeError(f"{where}.finetune: choose needs train_on: fit (the choice is made on the "

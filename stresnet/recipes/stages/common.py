@@ -13,7 +13,7 @@ from ...data import DataSplit, Folder, Reading
 from ..config import RecipeError
 from ..runner import Run, StageState
 
-TRAIN_EXTRA = ("id", "teacher", "sparsity", "rho", "updates_per_epoch", "n_iter", "choose")
+TRAIN_EXTRA = ("id", "teacher", "sparsity", "rho", "updates_per_epoch", "n_iter", "choose", "compare_start")
 
 
 @dataclass

@@ -77,7 +77,9 @@ def finetune(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     """KD fine-tune of the compressed model (``sparsity``: gradual pruning; ``teacher: none``: plain CE).
 
     ``choose: {lr: [0.01, 0.001]}`` fine-tunes once per value (``train_on: fit``, each in its own folder) and
-    keeps the run with the best top-1 on the selection split: the choice never sees val."""
+    keeps the run with the best top-1 on the selection split: the choice never sees val. ``compare_start: true``
+    puts the starting weights (no fine-tune at all) among the candidates, last, so that a tie goes to a
+    fine-tune: a start close to its base can lose accuracy in a short fine-tune, and then it is kept as it is."""
     require(state, "compressed", "finetune")
     if p.get("choose") is None:
         return _finetune_once(run, state, p, out)
@@ -88,12 +90,23 @@ def finetune(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
         label = "-".join(f"{k}={v}" for k, v in values.items())
         runs.append({"values": values, **_finetune_once(run, state, {**p, **values}, out / label)})
         runs[-1]["weights"] = state.weights
+    if p.get("compare_start"):
+        from ...data import selection_images
+        from ...evaluate import tensor_top1
+
+        state.weights = weights
+        x, y = selection_images(run.split("train"), run.input_size)
+        runs.append({"values": START, "selection_top1": tensor_top1(run.model(state), x, y), "epochs": 0,
+                     "weights": weights})
     best = max(runs, key=lambda r: r["selection_top1"])  # max keeps the first of equals
     state.weights = best.pop("weights")
     for r in runs:
         r.pop("weights", None)
     return {**{k: v for k, v in best.items() if k != "values"}, "chosen": best["values"],
             "chosen_on": "selection split (top-1)", "candidates": runs}
+
+
+START = "start (no fine-tune)"
 
 
 def _finetune_once(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
