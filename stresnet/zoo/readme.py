@@ -203,13 +203,17 @@ def family(results: Path) -> str:
     missing = [f"stresnet_{v}.json" for v in VARIANTS if set(found.get(v, {})) != {"st", "searched"}]
     if missing:
         raise ReportError(f"{results / missing[0]}: needs both arms, st and searched (the README block needs them)")
-    lines = ["| variant | stem-only (ST / searched) | zero-shot ST | zero-shot searched | epochs | ST's ranks | searched |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| variant | stem-only (ST / searched) | zero-shot ST | zero-shot searched | fine-tune ST / searched "
+             "| ST's ranks | searched |", "|---|---|---|---|---|---|---|"]
+
+    def tune(a) -> str:  # what the arm's published weights went through
+        return "none (start kept)" if a.start_kept else f"{a.epochs} ep, lr {a.lr:g}"
+
     for v, arms in found.items():
         st, se = arms["st"], arms["searched"]
         stem = " / ".join(f"{_pct(a.stem_zero_shot)} %" if a.stem_zero_shot is not None else a.stem for a in (st, se))
-        lines.append(f"| `stresnet_{v}` | {stem} | {_pct(st.zero_shot)} % | {_pct(se.zero_shot)} % | {st.epochs} | "
-                     f"{_pct(st.top1)} % | {_pct(se.top1)} % |")
+        lines.append(f"| `stresnet_{v}` | {stem} | {_pct(st.zero_shot)} % | {_pct(se.zero_shot)} % | "
+                     f"{tune(st)} / {tune(se)} | {_pct(st.top1)} % | {_pct(se.top1)} % |")
     lines += [""] + [f"- {verdict(f'stresnet_{v}', arms)}" for v, arms in found.items()]
     return "\n".join(lines)
 
