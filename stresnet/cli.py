@@ -396,11 +396,11 @@ def _cmd_recipe_run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.set)
     argv = ["stresnet", "recipe", "run", str(args.recipe)] + [x for kv in args.set for x in ("--set", kv)]
     arms = [a for spec in args.arms for a in spec.split(",") if a] or None
-    argv += [x for a in arms or () for x in ("--arms", a)]
+    argv += [x for a in arms or () for x in ("--arms", a)] + (["--until", args.until] if args.until else [])
     out = args.out or Path(os.environ.get("STRESNET_RUNS", "runs"))  # defaults: the current folder, never the package
     results_path = args.results or Path(os.environ.get("STRESNET_RESULTS", "recipes/results")) / f"{recipe['name']}.json"
     results = run_recipe(recipe, out_root=out, results_path=results_path, resume=args.resume,
-                         progress=not args.quiet, command=command_line(argv), arms=arms)
+                         progress=not args.quiet, command=command_line(argv), arms=arms, until=args.until)
     if int(os.environ.get("RANK", 0)) != 0:
         return 0
     final = results.get("final")
@@ -761,6 +761,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--arms", action="append", default=[], metavar="ARM[,ARM]",
                    help="run only these arms (others keep, with --resume, the stages they finished earlier)")
+    r.add_argument("--until", default=None, metavar="STAGE_ID",
+                   help="stop each arm after its stage of this id (e.g. zero_shot); --resume continues later")
     r.set_defaults(func=_cmd_recipe_run)
 
     p = sub.add_parser("finetune", help="KD fine-tune of a decomposed base (torchrun -m stresnet.train.engine for DDP)")

@@ -367,6 +367,22 @@ def test_arms_can_be_run_one_at_a_time_into_one_results_file(tree, tmp_path):
     assert third["arms"]["b"] == first["arms"]["b"] and [s["id"] for s in third["arms"]["a"]["stages"]] == ["plan", "u"]
 
 
+def test_until_stops_every_arm_after_that_stage_and_resume_finishes_them(tree, tmp_path):
+    plan = str(REPO / "stresnet/zoo/plans/stresnet18_8x.json")
+    recipe = {"name": "halves", "data": str(tree), "input_size": 32, "base": {"model": "resnet18", "num_classes": 3},
+              "arms": {"a": [{"plan": {"file": plan}}, {"plan": {"id": "u", "uniform": {}}}],
+                       "b": [{"plan": {"variant": "pico"}}, {"plan": {"id": "u", "uniform": {}}}]}}
+    path = _write(tmp_path, recipe)
+    kw = dict(out_root=tmp_path / "runs", results_path=tmp_path / "r.json", progress=False, log=lambda _: None)
+    with pytest.raises(RecipeError, match="no stage with id 'zero_shot'"):
+        run_recipe(load_recipe(path), until="zero_shot", **kw)
+    half = run_recipe(load_recipe(path), until="plan", **kw)
+    assert [[s["id"] for s in half["arms"][a]["stages"]] for a in "ab"] == [["plan"], ["plan"]]
+    whole = run_recipe(load_recipe(path), resume=True, **kw)
+    assert [[s["id"] for s in whole["arms"][a]["stages"]] for a in "ab"] == [["plan", "u"], ["plan", "u"]]
+    assert whole["arms"]["a"]["stages"][0] == half["arms"]["a"]["stages"][0]  # the first half was not redone
+
+
 def test_finetune_chooses_its_lr_on_the_selection_split_and_keeps_that_run(tree, tmp_path):
     """``choose: {lr: [...]}`` trains once per value on the fit part and keeps the best on the selection split:
     the kept weights are that run's, and the reported val top-1 is that run's too (val plays no part)."""

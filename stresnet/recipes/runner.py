@@ -120,8 +120,9 @@ def _barrier() -> None:
 
 
 def _run_arm(task: "Task", run: Run, arm: str, stages: list[tuple[str, dict]], log: Callable[[str], None],
-             selected: bool = True) -> None:
-    """Run one arm's stages; an arm not ``selected`` (``--arms``) only reports the stages it finished earlier."""
+             selected: bool = True, until: str | None = None) -> None:
+    """Run one arm's stages; an arm not ``selected`` (``--arms``) only reports the stages it finished earlier;
+    ``until``: stop after the stage of that id (the rest runs later with ``resume``)."""
     state = task.initial_state(run.recipe)
     run.arm = arm
     arm_dir = run.run_dir / arm if arm else run.run_dir
@@ -163,22 +164,28 @@ def _run_arm(task: "Task", run: Run, arm: str, stages: list[tuple[str, dict]], l
         rows.append({"id": sid, "type": kind, "params": params, "result": result})
         task.after_stage(run, arm, arm_results, kind, result)
         run.save_results()
+        if sid == until:
+            break
 
 
 def run_task(task: Task, recipe: dict, out_root: str | Path, results_path: str | Path, resume: bool = False,
                progress: bool = True, command: str | None = None, log: Callable[[str], None] = print,
-               arms: Sequence[str] | None = None) -> dict:
+               arms: Sequence[str] | None = None, until: str | None = None) -> dict:
     """Run every stage (of every arm, or of the ``arms`` named) of a loaded recipe into ``out_root/<name>``;
     return the results dict, also written to ``results_path`` after every stage.
 
     Arms not named keep, with ``resume``, what they finished earlier, so that one comparison can be run arm
-    by arm into one results file."""
+    by arm into one results file. ``until``: every arm stops after its stage of that id (a stage id no arm has
+    is an error), e.g. the cheap zero-shot half of a comparison first, its fine-tunes later with ``resume``."""
     from ..utils.distributed import cleanup_distributed, dist_info, setup_distributed
 
     listed = recipe["arms"] if "arms" in recipe else {"": recipe["stages"]}
     unknown = [a for a in arms or () if a not in listed or not a]
     if unknown:
         raise RecipeError(f"recipe {recipe['_path']}: no arm {unknown[0]!r} (arms: {', '.join(listed) or 'none'})")
+    if until is not None and not any(p.get("id", k) == until for stages in listed.values()
+                                     for k, p in task.stage_list(copy.deepcopy(stages), "stages")):
+        raise RecipeError(f"recipe {recipe['_path']}: no stage with id {until!r} to stop after")
     task.prepare(recipe)
     run_dir = Path(out_root) / recipe["name"]
     results_path = Path(results_path)
@@ -206,7 +213,7 @@ def run_task(task: Task, recipe: dict, out_root: str | Path, results_path: str |
     for arm, stages in listed.items():
         if arm not in restored:
             _run_arm(task, run, arm, task.stage_list(copy.deepcopy(stages), arm or "stages"), say,
-                     selected=arms is None or arm in arms)
+                     selected=arms is None or arm in arms, until=until)
     run.save_results()
     _barrier()
     if rank != 0 and results_path.is_file():  # rank 0 ran the eval stages: every rank returns its results
