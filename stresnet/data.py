@@ -49,6 +49,11 @@ class Reading:
         return cls(tuple(config["mean"]), tuple(config["std"]), str(config["interpolation"]),
                    float(config["crop_pct"]), labels)
 
+    def data_config(self, size: int) -> dict:
+        """This reading as a timm data config at ``size`` px (what ``timm.data.create_transform`` takes)."""
+        return {"input_size": (3, size, size), "interpolation": self.interpolation, "mean": self.mean,
+                "std": self.std, "crop_pct": self.crop_pct, "crop_mode": "center"}
+
 
 @dataclass(frozen=True)
 class Folder:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -118,19 +119,17 @@ def searched_arms(base: nn.Module, images, labels, targets: Mapping[str, int], e
     from .search.pipeline import build_space, searched_plan
 
     space = build_space(base, images, labels, estimator=estimator, step=step, progress=progress, space="any")
-    everything = dict(space.options)
-    lowrank = {n: [o for o in opts if o.spec["type"] != "sparse"] for n, opts in everything.items()}
+    lowrank = replace(space, options={n: [o for o in opts if o.spec["type"] != "sparse"]
+                                      for n, opts in space.options.items()})
     plans: dict[str, dict[str, Plan]] = {}
     failed: dict[str, dict[str, str]] = {}
     for label, target in targets.items():
         plans[label], failed[label] = {}, {}
-        for arm, options in (("searched_lowrank", lowrank), ("searched_any", everything)):
-            space.options = options
+        for arm, arm_space in (("searched_lowrank", lowrank), ("searched_any", space)):
             try:
-                plans[label][arm] = searched_plan(space, parse_budget(f"params<={target}"))
+                plans[label][arm] = searched_plan(arm_space, parse_budget(f"params<={target}"))
             except InfeasibleBudget as e:
                 failed[label][arm] = str(e).splitlines()[0]
-    space.options = everything
     return plans, {"skipped": dict(space.skipped), "seconds": space.seconds, "estimator": estimator, "step": step,
                    "failed": failed, "bases": space.bases}
 

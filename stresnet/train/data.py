@@ -30,7 +30,7 @@ from ..data import (IMAGENET_MEAN, IMAGENET_STD, DataSplit, Folder, create_datas
 from ..utils.distributed import dist_info
 
 __all__ = ["train_transform", "eval_transform", "SeededAugment", "TrainLoader", "train_loader",
-           "val_loader", "selection_loader", "split_part", "seed_worker", "sample_seed"]
+           "val_loader", "split_part", "seed_worker", "sample_seed"]
 
 
 def train_transform(input_size: int, scale: tuple[float, float] = (0.35, 1.0), hflip: float = 0.5,
@@ -141,23 +141,12 @@ def train_loader(root: str | Path | Folder | DataSplit, input_size: int, batch_s
     return TrainLoader(root, input_size, batch_size, seed=seed, workers=workers, **kwargs)
 
 
-def selection_loader(root: str | Path | Folder | DataSplit, input_size: int, batch_size: int, workers: int = 1,
-                     pin_memory: bool = False) -> DataLoader:
-    """Eval loader over the selection split of a training folder (the images hyper-parameters are chosen on);
-    sharded by rank like :func:`val_loader`."""
-    ds = split_part(create_dataset(root, eval_transform(input_size, reading=reading_of(root))), root, "selection")
-    rank, world = dist_info()
-    if world > 1:
-        ds = Subset(ds, list(range(rank, len(ds), world)))
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, worker_init_fn=seed_worker,
-                      pin_memory=pin_memory)
-
-
 def val_loader(root: str | Path | Folder | DataSplit, input_size: int, batch_size: int, workers: int = 1,
-               pin_memory: bool = False) -> DataLoader:
+               pin_memory: bool = False, part: str | None = None) -> DataLoader:
     """Eval loader (Resize(size/0.875) + CenterCrop); under DDP rank ``r`` gets images ``r::world`` (no padding,
-    so summing correct counts over ranks gives the exact single-process accuracy)."""
-    ds = create_dataset(root, eval_transform(input_size, reading=reading_of(root)))
+    so summing correct counts over ranks gives the exact single-process accuracy). ``part="selection"``: only
+    the selection split of a training folder (what hyper-parameters are chosen on)."""
+    ds = split_part(create_dataset(root, eval_transform(input_size, reading=reading_of(root))), root, part)
     rank, world = dist_info()
     if world > 1 and not isinstance(ds, IterableDataset):  # timm's streaming readers shard by rank themselves
         ds = Subset(ds, list(range(rank, len(ds), world)))

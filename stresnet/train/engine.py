@@ -59,7 +59,7 @@ from ..utils.distributed import all_reduce_sum, broadcast_buffers, cleanup_distr
 from ..utils.metrics import TopK
 from ..utils.modes import eval_mode
 from .config import TrainConfig, add_finetune_args, train_options
-from .data import TrainLoader, selection_loader, val_loader
+from .data import TrainLoader, val_loader
 from .distill import kd_loss
 
 __all__ = ["TrainConfig", "TrainHook", "finetune", "build_models", "add_finetune_args", "finetune_config", "run_finetune", "main"]
@@ -238,8 +238,8 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
     train = TrainLoader(train_dir, cfg.input_size, cfg.batch_size, seed=cfg.seed, workers=cfg.workers, pin_memory=cuda,
                         part=None if cfg.train_on == "all" else cfg.train_on)
     val = val_loader(val_dir, cfg.input_size, cfg.batch_size, workers=cfg.workers, pin_memory=cuda)
-    selection = None if cfg.train_on == "all" else selection_loader(train_dir, cfg.input_size, cfg.batch_size,
-                                                                      workers=cfg.workers, pin_memory=cuda)
+    selection = None if cfg.train_on == "all" else val_loader(train_dir, cfg.input_size, cfg.batch_size,
+                                                                workers=cfg.workers, pin_memory=cuda, part="selection")
     steps = len(train) if cfg.max_steps_per_epoch is None else min(len(train), cfg.max_steps_per_epoch)
     total = steps * cfg.epochs
     warmup = min(int(round(cfg.warmup_epochs * steps)), total - 1)

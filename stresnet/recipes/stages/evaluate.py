@@ -22,9 +22,7 @@ def _ilsvrc_accuracy(run: ClassifyRun, model: nn.Module) -> dict:
     reading = run.reading
     if reading is None or reading.labels != "imagenet-1k":
         raise RecipeError("stage eval: split ilsvrc-val needs reading: {labels: imagenet-1k} (a 1000-class base)")
-    config = {"input_size": (3, run.input_size, run.input_size), "interpolation": reading.interpolation,
-              "mean": reading.mean, "std": reading.std, "crop_pct": reading.crop_pct, "crop_mode": "center"}
-    return imagenet_accuracy(model, imagenet_val_samples(run.data.path), config)
+    return imagenet_accuracy(model, imagenet_val_samples(run.data.path), reading.data_config(run.input_size))
 
 
 def measure(run: ClassifyRun, model: nn.Module, split: str = "val") -> dict:
