@@ -150,13 +150,16 @@ def _pruning_at_budget(run: ClassifyRun, state: State, budget: str, out: Path) -
     from ...plan import Plan
     from ...train import sparsity
 
+    from ...search.budgets import BudgetError, parse_budget
+
     require(state, "dense", "lrs_plan")
-    if not budget.endswith("x"):
-        raise RecipeError(f"stage lrs_plan: budget {budget!r} is not a factor like 1.5x")
     try:
-        factor = float(budget[:-1])
-    except ValueError:
-        raise RecipeError(f"stage lrs_plan: budget {budget!r} is not a factor like 1.5x") from None
+        parsed = parse_budget(budget)
+    except BudgetError as e:
+        raise RecipeError(f"stage lrs_plan: {e}") from None
+    factor = parsed.ratio
+    if factor is None or parsed.absolute:
+        raise RecipeError(f"stage lrs_plan: budget {budget!r} is not a factor like 1.5x")
     if factor <= 1:
         raise RecipeError(f"stage lrs_plan: budget {budget!r} must be above 1x")
     model = run.model(state)
