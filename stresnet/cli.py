@@ -294,7 +294,7 @@ def _cmd_cards(args: argparse.Namespace) -> int:
     from .zoo.cards import index_markdown, plot_family, write_cards
     from .zoo.family_report import family_card_notes, family_markdown, load_family, load_latency
     from .zoo.lrs_report import load_lrs, lrs_markdown, plot_lrs
-    from .zoo.models import VARIANTS, weights_registry
+    from .zoo.models import VARIANTS, tags_of, weights_registry
     from .zoo.readme import update_readme
     from .zoo.report import ReportError, card_notes, evidence_markdown, load_evidence, plot_pareto
 
@@ -307,7 +307,7 @@ def _cmd_cards(args: argparse.Namespace) -> int:
 
     profiles = {}
     for variant in VARIANTS:
-        for tag in ("imagenette", "in1k"):
+        for tag in tags_of(variant):
             cfg = timm.get_pretrained_cfg(f"{variant}.{tag}")
             model = timm.create_model(variant, num_classes=cfg.num_classes)
             profiles[f"{variant}.{tag}"] = profile(model, cfg.input_size).to_dict()

@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from stresnet.zoo.lrs_report import RESULTS_FILE, LrsArm, load_lrs, lrs_markdown, plot_lrs, verdict
+from stresnet.zoo.lrs_report import (LATENCY_FILE, RESULTS_FILE, LrsArm, chosen, goal, load_lrs, lrs_markdown,
+                                     plot_lrs, verdict)
 
 
 def _arm(zero: float, final: float | None, params: int) -> dict:
@@ -37,3 +38,35 @@ def test_lrs_wins_only_by_more_than_noise() -> None:
     assert "beats both" in verdict("2x", {"lrs": arm(300), "lowrank": arm(290), "prune": arm(200)})
     assert "does NOT" in verdict("2x", {"lrs": arm(300), "lowrank": arm(296), "prune": arm(200)})
     assert load_lrs(Path("/nonexistent")) == ({}, None)
+
+
+def _tuned(zero: float, final: float, selection: float, params: int, published: str | None = None) -> dict:
+    arm = _arm(zero, final, params)
+    arm["stages"].insert(1, {"id": "finetune", "type": "finetune", "result": {"selection_top1": selection}})
+    if published:
+        arm["stages"].append({"id": "agreement", "type": "agreement", "result": {"top1_agreement": 0.006}})
+        arm["stages"].append({"id": "publish", "type": "publish", "result": {"name": published}})
+    return arm
+
+
+def test_the_published_arm_is_chosen_on_the_selection_split_and_the_goal_is_judged_on_it(tmp_path: Path) -> None:
+    """The best after-KD top-1 on the reported images (lowrank here) must not pick the arm: the selection split does."""
+    results = {"arms": {"lowrank_2x": _tuned(0.0, 0.72, 0.90, 2_300_000),
+                        "prune_2x": _tuned(0.0, 0.70, 0.95, 2_300_100, published="stresnet_lite0_2x.kd_imagenette"),
+                        "lrs_2x": _tuned(0.0, 0.60, 0.80, 2_300_050)},
+               "base_ilsvrc-val": {"params": 4_652_008, "top1": 0.7448, "images": 435}}
+    (tmp_path / RESULTS_FILE).write_text(json.dumps(results))
+    (tmp_path / LATENCY_FILE).parent.mkdir(parents=True)
+    (tmp_path / LATENCY_FILE).write_text(json.dumps({"models": {
+        "resnet18": {"onnxruntime": {"median_ms": 9.0}}, "efficientnet_lite0": {"onnxruntime": {"median_ms": 5.5}},
+        "/tmp/arms/prune_2x.json": {"onnxruntime": {"median_ms": 5.25}}}}))
+    found, dense = load_lrs(tmp_path)
+    arms = found["2x"]
+    assert chosen(arms) == "prune" and arms["prune"].latency_ms == 5.25 and dense["latency_ms"] == 5.5
+    assert goal("2x", arms, dense) == ("2x goal (within 3 pt of dense after KD): met: sparse only (magnitude "
+                                       "pruning), the arm chosen on the selection split, 70.00 % vs dense 74.48 % "
+                                       "(-4.48 pt).").replace("met:", "missed:")
+    text = lrs_markdown(found, dense)
+    assert "| 5.25 | 0.00 | 95.00 | 70.00 | - | 0.60 | `stresnet_lite0_2x.kd_imagenette` |" in text and "5.50 ms" in text
+    arms["prune"].selection = None
+    assert chosen(arms) is None and goal("2x", arms, dense) is None

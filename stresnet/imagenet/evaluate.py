@@ -3,6 +3,7 @@ pretrained cfg (``timm.data.resolve_data_config`` + ``create_transform``): each 
 pre-processing it was trained with, not the recipes' Imagenette transform."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -13,7 +14,8 @@ from tqdm import tqdm
 from ..utils.metrics import TopK
 from ..utils.modes import eval_mode
 
-__all__ = ["LabelledFiles", "data_config", "imagenet_accuracy"]
+__all__ = ["LabelledFiles", "data_config", "imagenet_accuracy", "image_files", "agreement"]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 class LabelledFiles(Dataset):
@@ -52,9 +54,7 @@ def imagenet_accuracy(model: nn.Module, samples: Sequence[tuple[str, int]], conf
 
     ``predicted_classes`` (distinct top-1 classes) exposes a collapsed model: one that answers the same class for
     every image still scores that class's share of a 10-class split (e.g. 45 / 435 = 10.3 %)."""
-    from timm.data import create_transform
-
-    loader = DataLoader(LabelledFiles(samples, create_transform(**config)), batch_size=batch_size,
+    loader = DataLoader(LabelledFiles(samples, create_transform_of(config)), batch_size=batch_size,
                         num_workers=workers)
     acc = TopK()
     predicted: set[int] = set()
@@ -65,3 +65,42 @@ def imagenet_accuracy(model: nn.Module, samples: Sequence[tuple[str, int]], conf
             acc.update(logits, y.to(device))
             predicted.update(logits.argmax(1).tolist())
     return {**acc.result(), "predicted_classes": len(predicted)}
+
+
+def image_files(folder: str | Path) -> list[str]:
+    """Every image under ``folder`` (recursively, sorted: a fixed order), for unlabelled evaluation sets."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"images {folder}: no such folder")
+    files = sorted(str(f) for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"images {folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it")
+    return files
+
+
+@torch.no_grad()
+def agreement(model: nn.Module, reference: nn.Module, files: Sequence[str], config: Mapping[str, Any],
+              batch_size: int = 50, workers: int = 1) -> dict[str, float]:
+    """How closely ``model`` follows ``reference`` on unlabelled images: ``top1_agreement`` (share of images where
+    both give the same top-1 class), ``kl`` (mean KL(reference || model) of the softmax outputs, nats) and
+    ``images``. Why: a model distilled on a few classes can score *above* its teacher on images of those classes
+    (it learns their prior); on images of other content only fidelity to the teacher shows what it kept."""
+    loader = DataLoader(LabelledFiles([(f, 0) for f in files], create_transform_of(config)), batch_size=batch_size,
+                        num_workers=workers)
+    same, kl, n = 0, 0.0, 0
+    device = next(model.parameters()).device
+    with eval_mode(model, reference):
+        for x, _ in loader:
+            x = x.to(device)
+            log_p, log_q = reference(x).log_softmax(1), model(x).log_softmax(1)
+            same += int((log_p.argmax(1) == log_q.argmax(1)).sum())
+            kl += float((log_p.exp() * (log_p - log_q)).sum())
+            n += len(x)
+    return {"top1_agreement": same / n, "kl": kl / n, "images": n}
+
+
+def create_transform_of(config: Mapping[str, Any]) -> Callable:
+    """timm's eval transform of a data config."""
+    from timm.data import create_transform
+
+    return create_transform(**config)

@@ -22,8 +22,7 @@ from torch import nn
 
 from ..plan import Plan, PlanError, plan_of
 from ..utils.io import atomic_write, atomic_write_bytes
-from .models import WEIGHTS_FILENAME, default_cfgs, hub_id, sha256_of
-
+from .models import WEIGHTS_FILENAME, default_cfgs, hub_id, packaged_plan, sha256_of
 
 
 def save_weights(model: nn.Module, path: Path, metadata: Mapping[str, str] | None = None) -> str:
@@ -50,7 +49,7 @@ def publish(
     arch, _, tag = name.partition(".")
     cfg = default_cfgs[arch].cfgs[tag].to_dict()
     plan = plan or plan_of(model)
-    plan_dict = {**plan.to_dict(), "base": {"arch": "resnet18"}}
+    plan_dict = {**plan.to_dict(), "base": {"arch": packaged_plan(arch).base["arch"]}}  # no local checkpoint path
     out_dir.mkdir(parents=True, exist_ok=True)
     sha = save_weights(model, out_dir / WEIGHTS_FILENAME, {"name": name, "recipe": recipe,
                                                           **{k: str(v) for k, v in metrics.items()}})
@@ -58,7 +57,7 @@ def publish(
     config = {
         "architecture": arch,
         "num_classes": num_classes,
-        "num_features": 512,
+        "num_features": int(getattr(model, "num_features", 0)),
         "pretrained_cfg": {**{k: v for k, v in cfg.items() if k not in ("hf_hub_id", "source", "architecture")},
                            "tag": tag},
         "model_args": {"plan": plan_dict},

@@ -1,6 +1,6 @@
 """The STResNet zoo as timm models: a base architecture plus a packaged plan, registered on ``import stresnet``.
 
-Each variant is data: ``plans/<variant>.json`` (a plan over timm ``resnet18``),
+Each variant is data: ``plans/<variant>.json`` (a plan over a timm base: ``resnet18``, ``efficientnet_lite0``),
 built by :func:`stresnet.plan.build`. Pretrained weights are safetensors files
 on the Hugging Face Hub, and every published file's sha256 and measured metrics
 live in ``weights.json`` (written by ``stresnet publish`` from recipe results),
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass, replace
 from functools import lru_cache, partial
 from importlib import resources
 from pathlib import Path
@@ -34,6 +35,54 @@ VARIANTS = (
     "stresnet_tiny_searched",
 )
 SEARCHED_SUFFIX = "_searched"  # the family member the search built at ST's budgets; its recipe is ST's variant's
+
+
+@dataclass(frozen=True)
+class ZooTag:
+    """What a weight tag promises: the classes and input its weights were made for, how they read an image,
+    and the split their published top-1 is measured on (so a user, a card and ``zoo-verify`` agree)."""
+
+    num_classes: int
+    input_size: tuple[int, int, int]
+    dataset: str  # the Hub card's dataset id: what the weights were trained on
+    evaluated_on: str  # 'val' (Imagenette val, 10-way) or 'ilsvrc-val' (1000-way on the ILSVRC2012_val_* files)
+    summary: str  # one line for the card
+    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN
+    std: tuple[float, ...] = IMAGENET_DEFAULT_STD
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875
+
+
+TAGS: dict[str, ZooTag] = {
+    "imagenette": ZooTag(10, (3, 128, 128), "imagenette", "val",
+                         "fine-tuned on Imagenette (10 classes) at 128 px; top-1 on Imagenette val"),
+    "in1k": ZooTag(1000, (3, 224, 224), "imagenet-1k", "imagenet-val", "ImageNet-1k (1000 classes) at 224 px"),
+    # the 1000 ImageNet classes of the base, but trained only by distillation on 10-class images: the tag says so
+    "kd_imagenette": ZooTag(1000, (3, 224, 224), "imagenette", "ilsvrc-val",
+                            "ImageNet-1k classifier (1000 outputs) distilled from its dense base on Imagenette train "
+                            "images only (10 classes, never full ImageNet); top-1 is 1000-way on the 435 ImageNet "
+                            "validation images inside Imagenette",
+                            mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic"),
+}
+# each variant's tags, in timm's order ('*': the default cfg of the bare name, weights or not)
+_RESNET_TAGS = ("imagenette", "in1k*")
+VARIANT_TAGS: dict[str, tuple[str, ...]] = {
+    **{v: _RESNET_TAGS for v in VARIANTS if not v.startswith("stresnet_lite0")},
+}
+# variants whose recipe is not named after them (one comparison recipe makes several)
+RECIPE_OF: dict[str, str] = {}
+PAPERS = {"stresnet18": "arXiv:2511.11716", "stresnet_lite0": "arXiv:2111.01697", "stresnet": "arXiv:2601.05364"}
+
+
+def tags_of(variant: str) -> tuple[str, ...]:
+    """The weight tags ``variant`` comes in (without timm's default marker)."""
+    return tuple(t.rstrip("*") for t in VARIANT_TAGS[variant])
+
+
+def zoo_tag(name: str) -> ZooTag:
+    """The :class:`ZooTag` of ``arch.tag`` (the variant's default tag for a bare name)."""
+    arch, _, tag = name.partition(".")
+    return TAGS[tag or next((t.rstrip("*") for t in VARIANT_TAGS[arch] if t.endswith("*")), tags_of(arch)[0])]
 
 
 class WeightsError(PlanError):
@@ -64,6 +113,8 @@ def weights_registry() -> dict[str, dict]:
 def recipe_path(name: str) -> str:
     """The recipe (relative to a source checkout) that makes the weights of ``arch.tag``."""
     arch, _, tag = name.partition(".")
+    if arch in RECIPE_OF:
+        return f"recipes/{RECIPE_OF[arch]}.yaml"
     arch = arch.removesuffix(SEARCHED_SUFFIX)  # one recipe makes both arms: ST's ranks and the searched plan
     return f"recipes/{arch}{'' if tag in ('', 'imagenette') else '_' + tag}.yaml"
 
@@ -94,44 +145,52 @@ def hub_id(name: str) -> str:
     return f"{HF_ORG}/{name}"
 
 
+def base_cfg(plan: Plan) -> Any:
+    """timm's default pretrained cfg of the plan's base architecture (its first conv and classifier names)."""
+    import timm
+
+    return timm.get_pretrained_cfg(plan.base["arch"])
+
+
 def first_conv_name(plan: Plan) -> str:
     """The name of the stem's first real ``nn.Conv2d`` (timm's ``first_conv``) under ``plan``."""
-    spec = plan.layers.get("conv1")
+    stem = base_cfg(plan).first_conv
+    spec = plan.layers.get(stem)
     if spec is None:
-        return "conv1"
+        return stem
     inner = registry.for_spec(spec).input_conv  # where timm's in_chans adaptation must act
     if inner is None:
         single = ", ".join(f.name for f in registry.registered() if f.input_conv is not None)
         raise PlanError(f"zoo: a {spec['type']!r} stem has no single first conv (a zoo stem is one of {single})")
-    return f"conv1.{inner}" if inner else "conv1"
+    return f"{stem}.{inner}" if inner else stem
 
 
 def _cfg(variant: str, tag: str, **kwargs: Any) -> dict:
-    imagenette = tag == "imagenette"
     name = f"{variant}.{tag}"
     published = weights_registry().get(name)
+    meaning, plan = TAGS[tag], packaged_plan(variant)
     return {
         # only published weights get a source: timm then lists exactly these tags as pretrained
         "hf_hub_id": published.get("hf_hub_id", hub_id(name)) if published else None,
         "hf_hub_filename": WEIGHTS_FILENAME,
-        "num_classes": 10 if imagenette else 1000,
-        "input_size": (3, 128, 128) if imagenette else (3, 224, 224),
-        "pool_size": (4, 4) if imagenette else (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bilinear",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": first_conv_name(packaged_plan(variant)),
-        "classifier": "fc",
+        "num_classes": meaning.num_classes,
+        "input_size": meaning.input_size,
+        "pool_size": tuple(s // 32 for s in meaning.input_size[1:]),
+        "crop_pct": meaning.crop_pct,
+        "interpolation": meaning.interpolation,
+        "mean": meaning.mean,
+        "std": meaning.std,
+        "first_conv": first_conv_name(plan),
+        "classifier": base_cfg(plan).classifier,
         "license": "apache-2.0",
-        "paper_ids": "arXiv:2511.11716" if variant.startswith("stresnet18") else "arXiv:2601.05364",
+        "paper_ids": next(v for k, v in PAPERS.items() if variant.startswith(k)),
         **kwargs,
     }
 
 
-# '.in1k*' keeps the 1000-class ImageNet cfg the default of each bare name, weights or not
 default_cfgs = generate_default_cfgs({
-    f"{variant}.{tag}": _cfg(variant, tag.rstrip("*")) for variant in VARIANTS for tag in ("imagenette", "in1k*")
+    f"{variant}.{tag}": _cfg(variant, tag.rstrip("*"))
+    for variant, tags in VARIANT_TAGS.items() for tag in tags
 })
 
 
@@ -204,6 +263,10 @@ def _adapt_in_chans(model: nn.Module, name: str, in_chans: int) -> None:
 def _build_variant(plan: Plan | dict | None = None, variant: str = "", in_chans: int = 3,
                    **kwargs: Any) -> nn.Module:
     plan = Plan.from_dict(plan) if isinstance(plan, dict) else (plan or packaged_plan(variant))
+    head, classes = base_cfg(plan).classifier, kwargs.get("num_classes")
+    if head in plan.layers and classes is not None and classes != (plan.base or {}).get("num_classes", 1000):
+        # timm's num_classes gives a new head, trained from scratch: the plan's factorised head does not carry over
+        plan = replace(plan, layers={k: v for k, v in plan.layers.items() if k != head})
     model = build(plan, **kwargs)  # at the base's input channels, which the plan's ranks were made for
     first_conv = first_conv_name(plan)
     if in_chans != getattr(model, "in_chans", 3):
@@ -228,7 +291,9 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     return build_model_with_cfg(
         partial(_build_variant, variant=variant), variant, pretrained,
         pretrained_cfg_overlay=overlay or None,
-        feature_cfg=dict(out_indices=kwargs.pop("out_indices", (0, 1, 2, 3, 4))),
+        feature_cfg=dict(out_indices=kwargs.pop("out_indices", (0, 1, 2, 3, 4)),
+                         # timm's efficientnets keep their stages in one Sequential ('blocks.N'): look inside it
+                         flatten_sequential=packaged_plan(variant).base["arch"].startswith("efficientnet")),
         **kwargs,
     )
 
@@ -326,3 +391,4 @@ def stresnet_tiny_searched(pretrained: bool = False, **kwargs: Any) -> nn.Module
     """The Tiny member built by the search (stem and Tucker-2 ranks) within ST Tiny's params, int8 flash,
     MACs and peak RAM at 224 px."""
     return _create("stresnet_tiny_searched", pretrained, **kwargs)
+

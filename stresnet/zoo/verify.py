@@ -3,7 +3,8 @@
 For each published ``arch.tag`` a new Python process with ``HF_HUB_OFFLINE=1``
 builds the model with ``timm.create_model(name, pretrained=True)`` and with
 ``torch.hub.load(<repo>, arch, source='local', pretrained=True, tag=tag)``,
-checks that both hold the same tensors, and measures top-1 on ``val``. The
+checks that both hold the same tensors, and measures top-1 on ``val`` (1000-way on the
+``ILSVRC2012_val_*`` files of ``val``'s parent for a tag scored there, such as ``.kd_imagenette``). The
 number must equal the one recorded at publish time (the card quotes it).
 """
 from __future__ import annotations
@@ -22,14 +23,20 @@ _CHILD = r"""
 import json, sys, torch, timm
 import stresnet
 from stresnet.evaluate import accuracy
+from stresnet.zoo.models import zoo_tag
 name, repo, val = sys.argv[1:4]
 arch, _, tag = name.partition(".")
 model = timm.create_model(name, pretrained=True).eval()
 hub = torch.hub.load(repo, arch, source="local", pretrained=True, tag=tag).eval()
 a, b = model.state_dict(), hub.state_dict()
 same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-size = model.pretrained_cfg["input_size"][-1]
-acc = accuracy(model, val, size)
+if zoo_tag(name).evaluated_on == "ilsvrc-val":  # 1000-way on the ImageNet-val files of train/ and val/
+    from pathlib import Path
+    from stresnet.imagenet.evaluate import data_config, imagenet_accuracy
+    from stresnet.imagenet.split import imagenet_val_samples
+    acc = imagenet_accuracy(model, imagenet_val_samples(Path(val).parent), data_config(model))
+else:
+    acc = accuracy(model, val, model.pretrained_cfg["input_size"][-1])
 print(json.dumps({"top1": acc["top1"], "images": acc["images"], "hub_equals_timm": same}))
 """
 

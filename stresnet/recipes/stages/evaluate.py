@@ -1,7 +1,9 @@
 """``eval``: top-1/top-5 on val, params, MACs, int8 flash and peak RAM, against the base measured the same way.
 ``eval: {split: ilsvrc-val}`` scores a 1000-class model 1000-way on the ``ILSVRC2012_val_*`` images of the
 data folder instead (ImageNet validation images no ImageNet model trained on; needs ``reading.labels:
-imagenet-1k``)."""
+imagenet-1k``).
+``agreement: {images: FOLDER}`` compares the model with the base on unlabelled images of other content (top-1
+agreement, KL): what a model distilled on a few classes kept of its base elsewhere."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,3 +52,19 @@ def evaluate(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
                           "flash": base["flash_bytes"] / row["flash_bytes"]}
     row["top1_drop_points"] = 100 * (base["top1"] - row["top1"])
     return row
+
+
+def agreement(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
+    """Top-1 agreement and KL(base || model) on the images under ``images`` (recursive, unlabelled), each read the
+    way the base reads images (the recipe's ``reading``)."""
+    from ...data import Reading
+    from ...imagenet.evaluate import agreement as measure_agreement, image_files
+
+    if not p.get("images"):
+        raise RecipeError("stage agreement: 'images' (a folder of images, searched recursively) is required")
+    try:
+        files = image_files(p["images"])
+    except FileNotFoundError as e:
+        raise RecipeError(f"stage agreement: {e}") from None
+    config = (run.reading or Reading()).data_config(run.input_size)
+    return {**measure_agreement(run.model(state), run.teacher(), files, config), "folder": str(p["images"])}
