@@ -272,3 +272,26 @@ def test_torchrun_two_processes_match_single_process(tree, tmp_path):
     moved = max((one[k] - init[k]).abs().max().item() for k in keys)
     assert moved > 1e-3  # the epoch really changed the weights...
     assert diff <= 1e-3 * moved + 1e-6, (diff, moved)  # ...and both runs changed them the same way
+
+
+def test_frozen_bn_keeps_the_running_statistics_and_still_learns_scale_and_shift(tree, tmp_path):
+    """``bn="frozen"``: a decomposed start keeps its base's BN statistics (re-estimating them costs accuracy), while
+    every BN's affine parameters and the convs still train; the default re-estimates them."""
+    from torch import nn
+
+    runs = {}
+    for mode in ("frozen", "train"):
+        student, teacher = _dropout_resnet(0)
+        before = copy.deepcopy(student.state_dict())
+        finetune(student, teacher, tree / "train", tree / "val", tmp_path / mode,
+                 TrainConfig(epochs=1, bn=mode, **BASE), progress=False)
+        runs[mode] = (before, student.state_dict(), student)
+    before, after, student = runs["frozen"]
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    affine = [f"{n}.weight" for n, m in student.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)
+    assert any(not torch.equal(before[k], after[k]) for k in affine)
+    before, after, _ = runs["train"]
+    assert any(not torch.equal(before[k], after[k]) for k in stats)
+    with pytest.raises(ValueError, match="TrainConfig.bn must be one of train, frozen"):
+        TrainConfig(bn="off")

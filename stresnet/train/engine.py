@@ -57,7 +57,7 @@ from tqdm import tqdm
 
 from ..utils.distributed import all_reduce_sum, broadcast_buffers, cleanup_distributed, dist_info, setup_distributed
 from ..utils.metrics import TopK
-from ..utils.modes import eval_mode
+from ..utils.modes import eval_mode, freeze_bn_statistics
 from .config import TrainConfig, add_finetune_args, train_options
 from .data import TrainLoader, val_loader
 from .distill import kd_loss
@@ -303,6 +303,8 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
     for epoch in range(start_epoch, last_epoch):
         t0 = time.perf_counter()
         model.train()
+        if cfg.bn == "frozen":
+            freeze_bn_statistics(student)
         loss_sum, n_steps, lr = 0.0, 0, optimizer.param_groups[0]["lr"]
         for hook in hooks:
             hook.on_epoch_start(student, epoch)

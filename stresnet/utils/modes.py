@@ -11,7 +11,7 @@ from typing import Iterator
 
 from torch import nn
 
-__all__ = ["eval_mode"]
+__all__ = ["eval_mode", "freeze_bn_statistics"]
 
 
 @contextlib.contextmanager
@@ -25,3 +25,14 @@ def eval_mode(*models: nn.Module) -> Iterator[None]:
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+def freeze_bn_statistics(model: nn.Module) -> int:
+    """Put every BatchNorm of ``model`` in eval mode (running statistics used, not updated) while the rest trains;
+    its scale and shift still get gradients. Returns how many were frozen. Call it after each ``model.train()``."""
+    frozen = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            frozen += 1
+    return frozen
