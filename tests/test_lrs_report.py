@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from stresnet.zoo.lrs_report import (LATENCY_FILE, RESULTS_FILE, LrsArm, chosen, goal, load_lrs, lrs_markdown,
-                                     plot_lrs, verdict)
+from stresnet.zoo.lrs_report import (LATENCY_FILE, METHODS, RESULTS_FILE, ZOO_NAMES, LrsArm, chosen, goal, load_lrs,
+                                     lrs_markdown, plot_lrs, verdict)
 
 
 def _arm(zero: float, final: float | None, params: int) -> dict:
@@ -70,3 +70,20 @@ def test_the_published_arm_is_chosen_on_the_selection_split_and_the_goal_is_judg
     assert "| 5.25 | 0.00 | 95.00 | 70.00 | - | 0.60 | `stresnet_lite0_2x.kd_imagenette` |" in text and "5.50 ms" in text
     arms["prune"].selection = None
     assert chosen(arms) is None and goal("2x", arms, dense) is None
+
+
+def test_the_recipe_publishes_the_arm_the_selection_split_chose() -> None:
+    """The committed results pick one arm per budget on the selection split; the recipe's publish stage must sit on
+    exactly that arm (a re-run that changes the pick must move it), under the budget's zoo name."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    found, _ = load_lrs(repo / "recipes" / "results")
+    recipe = yaml.safe_load((repo / "recipes" / "efficientnet_lite0_lrs.yaml").read_text())
+    published = {arm: [s["publish"]["name"] for s in stages if "publish" in s] for arm, stages in recipe["arms"].items()}
+    decided = {budget: chosen(arms) for budget, arms in found.items() if chosen(arms)}
+    assert decided, "the committed comparison has no finished budget"
+    for budget, method in decided.items():
+        for other in METHODS:
+            expected = [f"{ZOO_NAMES[budget]}.kd_imagenette"] if other == method else []
+            assert published[f"{other}_{budget}"] == expected, f"{other}_{budget}"

@@ -27,10 +27,10 @@ SUITE = REPO / ".cache" / "timm-tests" / f"timm-{timm.__version__}"
 # tests of timm's file that take a pretrained tag; all the others take every registered model
 PRETRAINED_TESTS = ("test_model_load_pretrained", "test_model_features_pretrained")
 # The whole file on all 10 models takes ~7 min on 2 busy cores, 80 % of it in the backward, FX and TorchScript
-# tests. Those run on one model per stem kind (plain, Tucker-2, narrowed + projection; the other variants differ
-# only in ranks); every other test (cfgs on meta, forward, features, pretrained loads) runs on every model and tag.
+# tests. Those run on one model per stem kind (plain, Tucker-2, narrowed + projection) and on one EfficientNet-Lite0
+# (the other variants differ only in ranks); every other test (cfgs on meta, forward, features, pretrained loads) runs on every model and tag.
 # STRESNET_TIMM_SUITE_K=stresnet runs everything.
-REPRESENTATIVES = ("stresnet18_2x", "stresnet18_8x", "stresnet_pico")
+REPRESENTATIVES = ("stresnet18_2x", "stresnet18_8x", "stresnet_pico", "stresnet_lite0_2x")
 SELECTION = os.environ.get("STRESNET_TIMM_SUITE_K") or (
     f"stresnet and (not (backward or torchscript or fx) or {' or '.join(REPRESENTATIVES)})")
 HEAVY = ("test_model_backward", "test_model_forward_torchscript", "test_model_forward_fx")

@@ -14,7 +14,7 @@ import torch
 import stresnet  # noqa: F401  (registers the zoo)
 from stresnet.cost import profile
 from stresnet.zoo.hub import install_to_cache, publish, register
-from stresnet.zoo.models import VARIANTS, WeightsError, packaged_plan, tags_of, weights_registry
+from stresnet.zoo.models import VARIANTS, WeightsError, packaged_plan, recipe_path, tags_of, weights_registry
 
 FAMILY = {  # STResNet paper, 1000 classes at 224: params (M), GMACs
     "stresnet_pico": (0.628, 0.124), "stresnet_nano": (1.022, 0.516), "stresnet_micro": (1.577, 0.749),
@@ -37,6 +37,23 @@ def test_only_registered_weights_are_pretrained_tags() -> None:
             assert timm.get_pretrained_cfg(f"{v}.imagenette").input_size == (3, 128, 128)
             default = timm.get_pretrained_cfg(v)
             assert default.tag == "in1k" and default.num_classes == 1000 and default.input_size == (3, 224, 224)
+
+
+def test_efficientnet_variants_carry_their_bases_reading_and_a_tag_that_claims_no_imagenet_training() -> None:
+    """The Lite0 variants read images as the converted checkpoint does ([-1, 1] inputs, bicubic) and their only
+    tag names the 10-class distillation; timm's first_conv and classifier follow the base architecture."""
+    for v in ("stresnet_lite0_1p5x", "stresnet_lite0_2x"):
+        assert tags_of(v) == ("kd_imagenette",) and "in1k" not in tags_of(v)
+        cfg = timm.get_pretrained_cfg(v)
+        assert cfg.tag == "kd_imagenette" and cfg.num_classes == 1000 and cfg.input_size == (3, 224, 224)
+        assert (cfg.mean, cfg.std, cfg.interpolation) == ((0.5,) * 3, (0.5,) * 3, "bicubic")
+        assert (cfg.first_conv, cfg.classifier) == ("conv_stem", "classifier")
+        assert packaged_plan(v).base["arch"] == "efficientnet_lite0"
+        assert recipe_path(f"{v}.kd_imagenette") == "recipes/efficientnet_lite0_lrs.yaml"
+    model = timm.create_model("stresnet_lite0_2x", num_classes=7, in_chans=1).eval()  # a new head, 1 channel
+    assert model(torch.randn(2, 1, 64, 64)).shape == (2, 7)
+    feats = timm.create_model("stresnet_lite0_2x", features_only=True)
+    assert [o.shape[1] for o in feats(torch.randn(1, 3, 64, 64))] == feats.feature_info.channels()
 
 
 def test_a_tag_without_weights_says_which_recipe_makes_them() -> None:

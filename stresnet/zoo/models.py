@@ -33,6 +33,7 @@ VARIANTS = (
     "stresnet_pico", "stresnet_nano", "stresnet_micro", "stresnet_milli", "stresnet_tiny",
     "stresnet_pico_searched", "stresnet_nano_searched", "stresnet_micro_searched", "stresnet_milli_searched",
     "stresnet_tiny_searched",
+    "stresnet_lite0_1p5x", "stresnet_lite0_2x",
 )
 SEARCHED_SUFFIX = "_searched"  # the family member the search built at ST's budgets; its recipe is ST's variant's
 
@@ -68,9 +69,10 @@ TAGS: dict[str, ZooTag] = {
 _RESNET_TAGS = ("imagenette", "in1k*")
 VARIANT_TAGS: dict[str, tuple[str, ...]] = {
     **{v: _RESNET_TAGS for v in VARIANTS if not v.startswith("stresnet_lite0")},
+    "stresnet_lite0_1p5x": ("kd_imagenette",), "stresnet_lite0_2x": ("kd_imagenette",),
 }
 # variants whose recipe is not named after them (one comparison recipe makes several)
-RECIPE_OF: dict[str, str] = {}
+RECIPE_OF = {"stresnet_lite0_1p5x": "efficientnet_lite0_lrs", "stresnet_lite0_2x": "efficientnet_lite0_lrs"}
 PAPERS = {"stresnet18": "arXiv:2511.11716", "stresnet_lite0": "arXiv:2111.01697", "stresnet": "arXiv:2601.05364"}
 
 
@@ -392,3 +394,16 @@ def stresnet_tiny_searched(pretrained: bool = False, **kwargs: Any) -> nn.Module
     MACs and peak RAM at 224 px."""
     return _create("stresnet_tiny_searched", pretrained, **kwargs)
 
+
+@register_model
+def stresnet_lite0_1p5x(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """EfficientNet-Lite0 (1000 ImageNet outputs) at 1/1.5 of its stored params: searched low-rank (SVD of six
+    pointwise convs), the arm of the LR+S comparison with the best selection-split top-1 after distillation."""
+    return _create("stresnet_lite0_1p5x", pretrained, **kwargs)
+
+
+@register_model
+def stresnet_lite0_2x(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """EfficientNet-Lite0 (1000 ImageNet outputs) at 1/2 of its stored params: LR+S (searched Tucker-2 + a sparse
+    part on 16 convs), the arm of the LR+S comparison with the best selection-split top-1 after distillation."""
+    return _create("stresnet_lite0_2x", pretrained, **kwargs)
