@@ -293,7 +293,7 @@ def _cmd_cards(args: argparse.Namespace) -> int:
     from .detect.card import detect_index_markdown, detect_results, write_card
     from .zoo.cards import index_markdown, plot_family, write_cards
     from .zoo.family_report import family_card_notes, family_markdown, load_family, load_latency
-    from .zoo.lrs_report import load_lrs, lrs_markdown, plot_lrs
+    from .zoo.lrs_report import card_notes as lrs_card_notes, load_lrs, lrs_markdown, plot_lrs
     from .zoo.models import VARIANTS, tags_of, weights_registry
     from .zoo.readme import update_readme
     from .zoo.report import ReportError, card_notes, evidence_markdown, load_evidence, plot_pareto
@@ -320,12 +320,12 @@ def _cmd_cards(args: argparse.Namespace) -> int:
                 if "base" in data else None)
     family, latency = load_family(Path(args.results)), load_latency(Path(args.results))
     notes = card_notes(evidence, ev_base)
-    for name, text in family_card_notes(family, latency).items():  # a card may carry both: evidence and the family's arms
-        notes[name] = "\n\n".join(t for t in (notes.get(name), text) if t)
+    lrs, lrs_dense = load_lrs(Path(args.results))
+    for name, text in [*family_card_notes(family, latency).items(), *lrs_card_notes(lrs, lrs_dense).items()]:
+        notes[name] = "\n\n".join(t for t in (notes.get(name), text) if t)  # a card may carry several
     paths = write_cards(args.out, profiles, records, notes=notes)
     detectors = detect_results(Path(args.results))
     paths += [write_card(r, variant, tag, args.out) for r, variant, tag in detectors.values()]
-    lrs, lrs_dense = load_lrs(Path(args.results))
     if lrs:  # the LR+S comparison's own card, with its plot
         plot_lrs(lrs, lrs_dense, args.out / "efficientnet_lite0_lrs.png")
         card = args.out / "efficientnet_lite0_lrs.md"

@@ -76,6 +76,7 @@ def test_rerun_refuses_to_overwrite_and_resume_skips_finished_stages(chain):
                        progress=False, log=said.append)
     assert sum("skipped" in line for line in said) == 5
     assert again["final"] == results["final"]
+    assert again["base"] == results["base"]  # every eval skipped: the base row comes back from the eval's result
 
 
 def test_a_killed_finetune_stage_continues_on_resume(chain, tree, tmp_path):

@@ -96,9 +96,32 @@ def goal(budget: str, arms: Mapping[str, LrsArm], dense: Mapping[str, Any] | Non
         return None
     gap = 100 * (dense["top1"] - arms[pick].top1)
     met = "met" if gap <= GOALS[budget] else "missed"
-    return (f"{budget} goal (within {GOALS[budget]:g} pt of dense after KD): {met}: {METHODS[pick]}, the arm "
+    text = (f"{budget} goal (within {GOALS[budget]:g} pt of dense after KD): {met}: {METHODS[pick]}, the arm "
             f"chosen on the selection split, {_pct(arms[pick].top1)} % vs dense {_pct(dense['top1'])} % "
             f"({-gap:+.2f} pt).")
+    if gap < 0:
+        text += " Above its teacher: the 10 classes' prior, learnt in the KD, lifts it, not kept ImageNet accuracy."
+    if arms[pick].agreement is not None:
+        text += f" It agrees with the dense model on {_pct(arms[pick].agreement)} % of the COCO images."
+    return text
+
+
+def card_notes(found: Mapping[str, Mapping[str, LrsArm]], dense: Mapping[str, Any] | None) -> dict[str, str]:
+    """What the card of each published arm must say beyond its top-1: how it was chosen, what it kept elsewhere."""
+    notes = {}
+    for budget, arms in found.items():
+        for method, arm in arms.items():
+            if not arm.published:
+                continue
+            text = (f"Chosen among low-rank, pruning and LR+S at {budget} fewer stored params by selection-split "
+                    f"top-1 after KD ({_pct(arm.selection)} %); the comparison is `zoo_cards/efficientnet_lite0_lrs.md`."
+                    f" Dense EfficientNet-Lite0: {_pct((dense or {}).get('top1'))} % on the same images.")
+            if arm.agreement is not None:
+                text += (f" On COCO images (other content) it gives the dense model's top-1 class for only "
+                         f"{_pct(arm.agreement)} % of them: distillation on 10 classes taught it those classes, so it "
+                         f"is not a general ImageNet classifier; its top-1 above is on images of those 10 classes.")
+            notes[arm.published] = "## How it was chosen, and what it kept\n\n" + text
+    return notes
 
 
 def _pct(x: float | None) -> str:

@@ -87,6 +87,7 @@ def after_stage(run: Run, arm: str, arm_results: dict, kind: str, result: dict) 
     """``final``: the last eval of the arm (or of the recipe); a reference arm quotes the other recipe's."""
     if kind == "eval":
         arm_results["final"] = result
+        evaluate.restore_base(run.results, result)
     elif kind == "reference" and arm:
         arm_results["final"] = result["final"]
 

@@ -51,7 +51,15 @@ def evaluate(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     row["compression"] = {"params": base["params"] / row["params"], "macs": base["macs"] / row["macs"],
                           "flash": base["flash_bytes"] / row["flash_bytes"]}
     row["top1_drop_points"] = 100 * (base["top1"] - row["top1"])
+    row["base_key"], row["base"] = key, dict(base)  # what the ratios are against; a resumed run restores it
     return row
+
+
+def restore_base(results: dict, result: dict) -> None:
+    """Put back the base row an eval stage was compared with, when a resumed run skipped every eval stage (the
+    base is measured only by an eval stage that runs)."""
+    if "base_key" in result and result["base_key"] not in results:
+        results[result["base_key"]] = result["base"]
 
 
 def agreement(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
