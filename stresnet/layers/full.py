@@ -24,6 +24,7 @@ class Full(Factorisation):
     grouped = True
     folds_bn = True
     input_conv = ""
+    output_layer = ""
 
     def check_module(self, module: nn.Module, spec: Mapping[str, Any]) -> None:
         """Any module may stay as it is."""

@@ -114,6 +114,7 @@ class Factorisation:
     folds_bn: bool = False  # its last op is a plain conv that a following BatchNorm folds into
     searchable: bool = False  # the rank search offers it (needs ``candidates``)
     input_conv: str | None = None  # the built module's one conv that sees its input ("" = itself; None = several)
+    output_layer: str | None = None  # the built module's one layer that makes its output (timm's classifier name)
 
     def claims(self, spec: Mapping[str, Any]) -> bool:
         """Whether this type handles ``spec`` (types sharing a ``spec_type`` tell their specs apart here)."""

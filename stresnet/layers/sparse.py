@@ -93,6 +93,7 @@ class Sparse(Factorisation):
     searchable = True
     builds = (MaskedConv2d,)
     input_conv = ""
+    output_layer = ""
 
     def check_spec(self, spec: Mapping[str, Any]) -> None:
         check_density(spec)

@@ -90,6 +90,7 @@ class SVD(Factorisation):
     folds_bn = True
     searchable = True
     input_conv = "core"
+    output_layer = "last"
 
     def check_spec(self, spec: Mapping[str, Any]) -> None:
         check_positive_ranks([spec.get("rank")])

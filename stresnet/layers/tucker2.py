@@ -117,6 +117,7 @@ class Tucker2(ChannelModeRanks, Factorisation):
     folds_bn = True
     searchable = True
     input_conv = "first"
+    output_layer = "last"
 
     def check_spec(self, spec: Mapping[str, Any]) -> None:
         check_rank_list(spec, (2,), "[r_out, r_in]")

@@ -167,6 +167,19 @@ def first_conv_name(plan: Plan) -> str:
     return f"{stem}.{inner}" if inner else stem
 
 
+def classifier_name(plan: Plan) -> str:
+    """The name of the final classifier layer (timm's ``classifier``) under ``plan``: the factorised head's output
+    layer when the plan factorises it (its ``.weight`` is the one timm drops for a new ``num_classes``)."""
+    head = base_cfg(plan).classifier
+    spec = plan.layers.get(head)
+    if spec is None:
+        return head
+    last = registry.for_spec(spec).output_layer
+    if last is None:
+        raise PlanError(f"zoo: a {spec['type']!r} head has no single output layer for timm's classifier")
+    return f"{head}.{last}" if last else head
+
+
 def _cfg(variant: str, tag: str, **kwargs: Any) -> dict:
     name = f"{variant}.{tag}"
     published = weights_registry().get(name)
@@ -183,7 +196,7 @@ def _cfg(variant: str, tag: str, **kwargs: Any) -> dict:
         "mean": meaning.mean,
         "std": meaning.std,
         "first_conv": first_conv_name(plan),
-        "classifier": base_cfg(plan).classifier,
+        "classifier": classifier_name(plan),
         "license": "apache-2.0",
         "paper_ids": next(v for k, v in PAPERS.items() if variant.startswith(k)),
         **kwargs,
