@@ -251,3 +251,17 @@ def test_publish_records_weights_where_the_cli_says_never_in_the_package(tmp_pat
     assert weights_registry_out() == Path("stresnet/zoo/weights.json")  # a checkout: the shipped registry
     monkeypatch.setenv("STRESNET_WEIGHTS_REGISTRY", str(tmp_path / "elsewhere.json"))
     assert weights_registry_out() == tmp_path / "elsewhere.json"
+
+
+def test_the_same_weights_always_publish_to_the_same_sha256(tmp_path: Path) -> None:
+    """A pinned sha256 must follow the weights only: the metadata map's order must not leak into the file."""
+    from stresnet.zoo.hub import save_weights
+
+    model = torch.nn.Linear(3, 2)
+    metadata = {f"key{i}": str(i) for i in range(12)}
+    shas = {save_weights(model, tmp_path / f"{i}.safetensors", metadata) for i in range(6)}
+    assert len(shas) == 1
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "0.safetensors", "pt") as f:
+        assert json.loads(f.metadata()["stresnet"]) == metadata

@@ -26,9 +26,13 @@ from .models import WEIGHTS_FILENAME, default_cfgs, hub_id, packaged_plan, sha25
 
 
 def save_weights(model: nn.Module, path: Path, metadata: Mapping[str, str] | None = None) -> str:
-    """Write the state dict as safetensors (atomically) and return its sha256."""
+    """Write the state dict as safetensors (atomically) and return its sha256.
+
+    The metadata goes in as one entry (``stresnet``: sorted JSON): safetensors writes its metadata map in an order
+    that changes from run to run, and the same weights must always have the same published sha256."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write_bytes(path, save(state, metadata=dict(metadata or {})))
+    meta = {"stresnet": json.dumps(dict(metadata), sort_keys=True)} if metadata else None
+    atomic_write_bytes(path, save(state, metadata=meta))
     return sha256_of(path)
 
 
