@@ -78,7 +78,7 @@ def detect_card(results: Mapping[str, Any], variant: str, tag: str = "coco-mini"
     out += ["", f"Wall time of the whole recipe: {_f(results.get('wall_seconds', 0) / 60, '.1f')} min on 2 CPU cores "
             f"(stated budget {results.get('expected_cpu_minutes', '?')} min).", "",
             f"Reproduce: `{results.get('command', '')}`", "",
-            "## Citation", "", CITATIONS["compressnas"], ""]
+            "## Citation", "", CITATIONS["arXiv:2511.11716"], ""]
     return "\n".join(out)
 
 

@@ -13,14 +13,13 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-CITATIONS = {
-    "compressnas": "Sah, Chhabra, Durnerin. CompressNAS: global rank selection for Tucker-2 compression of CNNs. "
+CITATIONS = {  # by the arXiv id of a variant's paper (zoo.models.paper_of)
+    "arXiv:2511.11716": "Sah, Chhabra, Durnerin. CompressNAS: global rank selection for Tucker-2 compression of CNNs. "
                    "arXiv:2511.11716 (CAI 2026).",
-    "stresnet": "STResNet: selectively Tucker-2-decomposed ResNet-18s for microcontrollers. arXiv:2601.05364.",
-    "lrs": "Hawkins, Yang, Li, Lai, Chandra. Low-Rank+Sparse Tensor Compression for Neural Networks. "
+    "arXiv:2601.05364": "STResNet: selectively Tucker-2-decomposed ResNet-18s for microcontrollers. arXiv:2601.05364.",
+    "arXiv:2111.01697": "Hawkins, Yang, Li, Lai, Chandra. Low-Rank+Sparse Tensor Compression for Neural Networks. "
            "arXiv:2111.01697.",
 }
-FAMILY_OF = {"stresnet18": "compressnas", "stresnet_lite0": "lrs", "stresnet": "stresnet"}  # name prefix: citation
 KINDS = {"tucker2": "Tucker-2", "svd": "SVD", "sparse": "sparse (masked)", "lrs": "low-rank + sparse", "tt": "tensor-train",
          "tt5": "tensor-train (5 cores)"}
 
@@ -43,11 +42,10 @@ def _front_matter(name: str, record: Mapping[str, Any] | None, dataset: str, kin
 def model_card(name: str, profile: Mapping[str, Any], record: Mapping[str, Any] | None = None,
                notes: str = "") -> str:
     """The card of ``arch.tag`` from its profile (``Profile.to_dict()``) and published record, if any."""
-    from .models import packaged_plan, zoo_tag
+    from .models import packaged_plan, paper_of, zoo_tag
 
     arch, _, tag = name.partition(".")
     meaning, plan = zoo_tag(name), packaged_plan(arch)
-    family = next(v for k, v in FAMILY_OF.items() if arch.startswith(k))
     kinds = sorted({spec["type"] for spec in plan.layers.values()})
     size = profile.get("input_size", [3, 224, 224])
     out = [_front_matter(name, record, meaning.dataset, kinds), f"# {name}", ""]
@@ -89,7 +87,7 @@ def model_card(name: str, profile: Mapping[str, Any], record: Mapping[str, Any] 
         out += ["No weights are published for this tag yet: nothing has been measured, so no accuracy is quoted.", ""]
     if notes:
         out += [notes, ""]
-    out += ["## Citation", "", CITATIONS[family], ""]
+    out += ["## Citation", "", CITATIONS[paper_of(arch)], ""]
     return "\n".join(out)
 
 

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from ..data import Reading
+from ..imagenet.weights import KNOWN
 from ..layers import registry
 from ..plan import Plan, PlanError, build
 
@@ -48,10 +49,7 @@ class ZooTag:
     dataset: str  # the Hub card's dataset id: what the weights were trained on
     evaluated_on: str  # 'val' (Imagenette val, 10-way) or 'ilsvrc-val' (1000-way on the ILSVRC2012_val_* files)
     summary: str  # one line for the card
-    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN
-    std: tuple[float, ...] = IMAGENET_DEFAULT_STD
-    interpolation: str = "bilinear"
-    crop_pct: float = 0.875
+    reading: Reading = Reading()  # normalisation, interpolation, eval crop (default: the recipes' Imagenette one)
 
 
 TAGS: dict[str, ZooTag] = {
@@ -63,7 +61,7 @@ TAGS: dict[str, ZooTag] = {
                             "ImageNet-1k classifier (1000 outputs) distilled from its dense base on Imagenette train "
                             "images only (10 classes, never full ImageNet); top-1 is 1000-way on the 435 ImageNet "
                             "validation images inside Imagenette",
-                            mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic"),
+                            reading=Reading.of_config(KNOWN["efficientnet-lite0"].pretrained_cfg)),  # its checkpoint's
 }
 # each variant's tags, in timm's order ('*': the default cfg of the bare name, weights or not)
 _RESNET_TAGS = ("imagenette", "in1k*")
@@ -74,6 +72,11 @@ VARIANT_TAGS: dict[str, tuple[str, ...]] = {
 # variants whose recipe is not named after them (one comparison recipe makes several)
 RECIPE_OF = {"stresnet_lite0_1p5x": "efficientnet_lite0_lrs", "stresnet_lite0_2x": "efficientnet_lite0_lrs"}
 PAPERS = {"stresnet18": "arXiv:2511.11716", "stresnet_lite0": "arXiv:2111.01697", "stresnet": "arXiv:2601.05364"}
+
+
+def paper_of(variant: str) -> str:
+    """The arXiv id of the paper behind ``variant``: its first matching name prefix in ``PAPERS`` (specific first)."""
+    return next(v for k, v in PAPERS.items() if variant.startswith(k))
 
 
 def tags_of(variant: str) -> tuple[str, ...]:
@@ -191,14 +194,14 @@ def _cfg(variant: str, tag: str, **kwargs: Any) -> dict:
         "num_classes": meaning.num_classes,
         "input_size": meaning.input_size,
         "pool_size": tuple(s // 32 for s in meaning.input_size[1:]),
-        "crop_pct": meaning.crop_pct,
-        "interpolation": meaning.interpolation,
-        "mean": meaning.mean,
-        "std": meaning.std,
+        "crop_pct": meaning.reading.crop_pct,
+        "interpolation": meaning.reading.interpolation,
+        "mean": meaning.reading.mean,
+        "std": meaning.reading.std,
         "first_conv": first_conv_name(plan),
         "classifier": classifier_name(plan),
         "license": "apache-2.0",
-        "paper_ids": next(v for k, v in PAPERS.items() if variant.startswith(k)),
+        "paper_ids": paper_of(variant),
         **kwargs,
     }
 
