@@ -15,7 +15,7 @@ from torch import nn
 
 from stresnet.cli import main
 from stresnet.cost import profile
-from stresnet.deploy.latency_table import (LatencyTable, format_prediction, measure_layers, predict_plan,
+from stresnet.deploy.latency_table import (ANCHOR, LatencyTable, format_prediction, measure_layers, predict_plan,
                                            predict_vs_measured, search_latency)
 from stresnet.plan import Plan, build
 from stresnet.search.budgets import BudgetError, parse_budget
@@ -26,15 +26,19 @@ ENV = {"onnxruntime": "fake", "cpu": "test", "cpu_count": 1}
 
 
 class FakeTimer:
-    """``bench_latency``'s interface; a model's "latency" is its MACs / 1e6 on the given input size."""
+    """``bench_latency``'s interface; a model's "latency" is its MACs / 1e6 on the given input size plus a
+    per-call overhead, the same for every model of one call (``overheads``: one value per call, cycled)."""
 
-    def __init__(self) -> None:
+    def __init__(self, overheads: tuple[float, ...] = (0.25,)) -> None:
         self.timed: list[str] = []
+        self.overheads, self.calls = overheads, 0
 
     def __call__(self, models, input_size, **kwargs) -> dict:
         assert kwargs["backends"] == ("onnxruntime",) and kwargs["baseline"] is None
-        self.timed += list(models)
-        return {"models": {name: {"onnxruntime": {"median_ms": profile(m, tuple(input_size)).macs / 1e6,
+        overhead = self.overheads[self.calls % len(self.overheads)]
+        self.calls += 1
+        self.timed += [name for name in models if name != ANCHOR]
+        return {"models": {name: {"onnxruntime": {"median_ms": profile(m, tuple(input_size)).macs / 1e6 + overhead,
                                                   "samples": 3}} for name, m in models.items()},
                 "env": {"other_processes_cores": 0.0}}
 
@@ -103,8 +107,29 @@ def test_latency_budget_units(text: str, ms: float, label: str) -> None:
     assert parse_budget(f"8x,{text}").limits({"params": 8.0}) == {"params": 1.0, "latency": pytest.approx(ms)}
 
 
+def test_relative_budget_is_a_share_of_the_base_cost() -> None:
+    budget = parse_budget("8x, latency<=25%, macs<=40%")
+    assert budget.absolute == {} and budget.relative == {"latency": 0.25, "macs": 0.4}
+    assert budget.metrics == {"latency", "macs"} and budget.label == "8x_macs40pct_latency25pct"
+    base = {"params": 800.0, "macs": 1000.0, "latency": 12.0}
+    assert budget.limits(base) == {"params": 100.0, "macs": pytest.approx(400.0), "latency": pytest.approx(3.0)}
+    with pytest.raises(BudgetError, match="latency table"):  # the base's latency is only known from a table
+        budget.limits({"params": 800.0, "macs": 1000.0})
+
+
+def test_relative_latency_budget_in_the_search(tmp_path: Path) -> None:
+    model, space = toy(), toy_space()
+    attach_latency(space, search_latency(model, space, LatencyTable(tmp_path / "t.json", ENV), threads=2,
+                                         timer=FakeTimer(), progress=False))
+    dense = space.base_cost["latency"]
+    plan = searched_plan(space, parse_budget("2x,latency<=60%"))
+    assert space.size(plan, "latency") <= 0.6 * dense + 1e-9 < space.size(searched_plan(space, parse_budget("2x")),
+                                                                          "latency")
+
+
 @pytest.mark.parametrize(("text", "why"), [("latency<=12", "no unit"), ("latency<=12kb", "unknown unit"),
-                                           ("latency<=0ms", "must be > 0")])
+                                           ("latency<=0ms", "must be > 0"), ("latency<=0%", "above 0%"),
+                                           ("macs<=150%", "at most 100%")])
 def test_bad_latency_budgets_name_the_term(text: str, why: str) -> None:
     with pytest.raises(BudgetError, match=why):
         parse_budget(text)
@@ -144,14 +169,28 @@ def test_prediction_is_exact_when_latency_is_additive(tmp_path: Path) -> None:
     table = LatencyTable(tmp_path / "t.json", ENV)
     for reference in ("floor", "dense"):
         pred = predict_plan(table, plan, size, threads=2, reference=reference, timer=FakeTimer())
-        assert pred["predicted_ms"] == pytest.approx(truth, rel=1e-9)
+        assert pred["predicted_ms"] == pytest.approx(truth + 0.25, rel=1e-9)  # the network's one call overhead
     again = FakeTimer()
     predict_plan(LatencyTable.load(tmp_path / "t.json", ENV), plan, size, threads=2, timer=again)
     assert again.timed == []  # every layer and both reference networks came from the cache file
-    bench = {"input_size": list(size), "threads": 2, "models": {"m": {"onnxruntime": {"median_ms": 2 * truth}}}}
+    measured = 2 * (truth + 0.25)
+    bench = {"input_size": list(size), "threads": 2, "models": {"m": {"onnxruntime": {"median_ms": measured}}}}
     rows = predict_vs_measured(bench, {"m": plan}, table, timer=again)
     assert rows["m"]["rel_error"] == pytest.approx(-0.5)
     assert "-50.0%" in format_prediction(rows)
+
+
+def test_a_drifting_call_overhead_is_paid_once_not_per_layer(tmp_path: Path) -> None:
+    """Each chunk's overhead differs (as it drifts on a real machine): the layers' own latencies must not carry
+    it, so the prediction is off by at most the drift of one call, not one per layer (26 layers here)."""
+    plan = Plan(base={"arch": "resnet18", "num_classes": 10},
+                layers={"layer1.0.conv1": {"type": "tucker2", "ranks": [16, 16]}, "fc": {"type": "svd", "rank": 8}})
+    size = (3, 32, 32)
+    truth = profile(build(plan), size).macs / 1e6
+    overheads = (0.2, 0.6, 0.35, 0.5)
+    pred = predict_plan(LatencyTable(tmp_path / "t.json", ENV), plan, size, threads=2, timer=FakeTimer(overheads))
+    assert pred["layers"] > 20
+    assert min(overheads) - 1e-9 <= pred["predicted_ms"] - truth <= max(overheads) + 1e-9
 
 
 def test_search_cli_refuses_a_latency_budget_without_a_table(tmp_path: Path, capsys) -> None:
@@ -165,7 +204,12 @@ def test_table_file_is_readable_json(tmp_path: Path) -> None:
     measure_layers(LatencyTable(tmp_path / "t.json", ENV), {"k": (sig, {"type": "full"})}, threads=1,
                    timer=FakeTimer())
     data = json.loads((tmp_path / "t.json").read_text())
-    assert data["format"] == "stresnet-latency/1" and data["env"] == ENV and set(data["layers"]) == {"k"}
+    assert data["format"] == "stresnet-latency/2" and data["env"] == ENV and set(data["layers"]) == {"k"}
+    assert data["layers"]["k"]["overhead_ms"] == 0.25  # the anchor's median of the same call
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({**data, "format": "stresnet-latency/1"}))
+    with pytest.raises(LatencyError, match="measure a new one"):  # unanchored entries are never mixed in
+        LatencyTable.load(old, ENV)
 
 
 def test_search_run_reports_predicted_latency(tree: Path, tmp_path: Path) -> None:
@@ -173,8 +217,8 @@ def test_search_run_reports_predicted_latency(tree: Path, tmp_path: Path) -> Non
 
     from stresnet.search.run import search_and_write
 
-    source = partial(search_latency, table=LatencyTable(tmp_path / "t.json", ENV), threads=1, timer=FakeTimer(),
-                     progress=False)
+    source = partial(search_latency, table=LatencyTable(tmp_path / "t.json", ENV), threads=1,
+                     timer=FakeTimer(overheads=(0.0,)), progress=False)
     report = search_and_write("resnet18", None, tree, ["4x", "4x,latency<=7.5ms"], tmp_path / "out", num_classes=3,
                               size=32, calib=6, step=32, tied=True, baselines=("uniform",), progress=False,
                               latency=source)

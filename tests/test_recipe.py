@@ -408,3 +408,35 @@ def test_finetune_chooses_its_lr_on_the_selection_split_and_keeps_that_run(tree,
     other = load_file(str(run / f"lr={[c for c in tried if c is not best][0]['values']['lr']}" / "model.safetensors"))
     assert any(not torch.equal(chosen[k], other[k]) for k in chosen)  # two different runs
     assert results["final"]["top1"] == pytest.approx(best["val_top1"])  # eval measured the kept run
+
+
+def test_latency_budget_in_a_recipe_is_timed_priced_and_checked(tree, tmp_path):
+    """A ``latency<=`` share in the search stage times the options on this machine (onnxruntime, cached in the
+    stage folder), the plan's predicted latency stays under the limit, and the ``latency`` stage times the
+    model and its base in one run and holds the result against that limit. No timed assertion: only that the
+    numbers exist, are consistent with one another, and that the cache is reused."""
+    recipe = {"format": "stresnet-recipe/1", "name": "fast", "data": str(tree), "input_size": 32,
+              "base": {"model": "resnet18", "num_classes": 3},
+              "stages": [{"search": {"budget": "4x,latency<=80%", "step": 32, "calib": 6}},
+                         {"decompose": {}},
+                         {"latency": {"input_size": 32, "iters": 3}}]}
+    results = run_recipe(load_recipe(_write(tmp_path, recipe)), out_root=tmp_path / "runs",
+                         results_path=tmp_path / "results.json", progress=False, log=lambda _: None)
+    search, _, timed = (s["result"] for s in results["stages"])
+    priced = search["latency"]
+    assert priced["cost_size"] == 32 and priced["limit_ms"] == pytest.approx(0.8 * priced["dense_ms"])
+    assert priced["predicted_ms"] <= priced["limit_ms"] + 1e-9
+    table = json.loads((tmp_path / "runs" / "fast" / "search" / "latency_table.json").read_text())
+    assert table["format"] == "stresnet-latency/2" and table["layers"] and table["networks"]
+    assert timed["limit_ms"] == priced["limit_ms"] and timed["input_size"] == 32
+    assert timed["speedup"] == pytest.approx(timed["base_ms"] / timed["model_ms"])
+    assert timed["within_limit"] == (timed["model_ms"] <= 1.1 * timed["limit_ms"])
+
+
+def test_a_latency_budget_needs_no_table_argument_but_a_bad_term_is_one_line(tree, tmp_path):
+    recipe = {"format": "stresnet-recipe/1", "name": "bad", "data": str(tree), "input_size": 32,
+              "base": {"model": "resnet18", "num_classes": 3},
+              "stages": [{"search": {"budget": "4x,latency<=0%", "step": 32, "calib": 6}}]}
+    with pytest.raises(RecipeError, match=r"stage search: budget '4x,latency<=0%'.*above 0%"):
+        run_recipe(load_recipe(_write(tmp_path, recipe)), out_root=tmp_path / "runs",
+                   results_path=tmp_path / "results.json", progress=False, log=lambda _: None)

@@ -14,6 +14,15 @@ default) or dense (``"dense"``, the base itself). The floor keeps both terms sma
 base, ``rest`` is the difference of two numbers ~10x larger than a compressed model's latency, and
 their timing noise lands on it whole. Timing is :func:`stresnet.deploy.latency.bench_latency`'s
 (medians over round-robin rounds, one onnxruntime session alive at a time).
+
+A layer timed alone also pays one onnxruntime call (binding, output allocation, waking the thread
+pool): tens of microseconds, as much as a small factorised layer computes, and it drifts with the
+machine's state. A network pays it once, a sum of N layers N times, so an unanchored sum carried
+N drifting overheads (pico at 224 px: its layers summed 3.77 ms in one fill and 5.13 ms in the
+next, while the network measured 4.12 and 4.18 ms). Every chunk of layers is therefore timed
+together with an anchor, :class:`CallOverhead` (one call with almost no compute) on the same input,
+in the same round-robin rounds, and a layer's latency is its median minus that chunk's anchor
+median (:func:`net_ms`); ``rest`` then holds the network's one call and stays small and positive.
 """
 from __future__ import annotations
 
@@ -31,16 +40,18 @@ from ..plan import Plan, build, compress
 from ..search.latency_costs import FULL, LatencyCosts, LatencyError, LayerSignature, spec_key
 from ..search.pipeline import SearchSpace, decomposable_convs, input_shapes
 from ..utils.io import atomic_write_json
+from ..utils.provenance import cpu_model
 from .latency import bench_latency
 from .tables import text_table
 
-__all__ = ["FORMAT", "LatencyTable", "layer_module", "measure_layers", "measure_network", "latency_costs",
-           "search_latency", "predict_plan", "plan_for_name", "predict_vs_measured", "format_prediction"]
+__all__ = ["FORMAT", "ANCHOR", "LatencyTable", "CallOverhead", "net_ms", "layer_module", "measure_layers",
+           "measure_network", "latency_costs", "search_latency", "predict_plan", "plan_for_name", "predict_vs_measured", "format_prediction"]
 
-FORMAT = "stresnet-latency/1"
+FORMAT = "stresnet-latency/2"  # /2: layer entries carry their chunk's call overhead
 Reference = Literal["floor", "dense"]
 FLOOR_RANK = 8  # the reference's Tucker-2 ranks: the smallest grid step the search offers
 CHUNK = 24  # layers timed per bench_latency call: the cache is saved after each, so an interrupted fill keeps most
+ANCHOR = "call overhead"  # the anchor's name among a chunk's models (never a LayerSignature key: those start with a kind)
 Timer = Callable[..., dict]  # bench_latency's signature; tests pass a fake one
 
 
@@ -50,13 +61,15 @@ def runtime_env() -> dict[str, Any]:
 
     import onnxruntime
 
-    return {"onnxruntime": onnxruntime.__version__, "cpu": cpu_model() or platform.machine(), "cpu_count": os.cpu_count()}
+    return {"onnxruntime": onnxruntime.__version__, "cpu": cpu_model() or platform.machine(),
+            "cpu_count": os.cpu_count()}
 
 
 class LatencyTable:
     """A JSON cache of measured latencies: ``layers`` by :meth:`LayerSignature.key`, ``networks`` by
     :func:`network_key`, each ``{"median_ms", "samples", "other_cores"}`` (``other_cores``: how many cores'
-    worth of CPU other processes used while it was timed; above ~0.25 the value is suspect).
+    worth of CPU other processes used while it was timed; above ~0.25 the value is suspect); a layer's
+    entry adds ``overhead_ms``, its chunk's :class:`CallOverhead` median (see :func:`net_ms`).
 
     A table belongs to one runtime and CPU (``env``); loading one measured elsewhere is an error
     rather than a silent mix of two machines' numbers.
@@ -84,7 +97,8 @@ class LatencyTable:
         except (OSError, ValueError) as e:
             raise LatencyError(f"latency table {path}: not readable JSON ({e})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise LatencyError(f"latency table {path}: not a {FORMAT} file")
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise LatencyError(f"latency table {path}: not a {FORMAT} file (found {found!r}): measure a new one")
         if data.get("env") != env:
             raise LatencyError(f"latency table {path} was measured on {data.get('env')}, this is {env}: "
                                "use another file")
@@ -101,6 +115,19 @@ class LatencyTable:
         """How many entries were timed while other processes used more than ``threshold`` cores."""
         rows = [*self.layers.values(), *self.networks.values()]
         return sum(1 for r in rows if (r.get("other_cores") or 0.0) > threshold)
+
+
+class CallOverhead(nn.Module):
+    """The anchor: one onnxruntime call on the layer's input that computes next to nothing (a one-element
+    slice plus one), so its latency is what every call pays besides the layer's own work."""
+
+    def forward(self, x):
+        return x[(slice(None),) + (slice(0, 1),) * (x.dim() - 1)] + 1.0
+
+
+def net_ms(entry: Mapping[str, float]) -> float:
+    """A layer's own latency: its median minus its chunk's call overhead (never below zero)."""
+    return max(0.0, float(entry["median_ms"]) - float(entry.get("overhead_ms", 0.0)))
 
 
 def layer_module(sig: LayerSignature, spec: Mapping[str, Any]) -> nn.Module:
@@ -134,10 +161,11 @@ def measure_layers(
     timer: Timer = bench_latency,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Latency (ms) of each requested ``key: (signature, spec)``; only keys the table lacks are timed.
+    """Latency (ms, :func:`net_ms`: without the call overhead) of each requested ``key: (signature, spec)``;
+    only keys the table lacks are timed.
 
-    Layers sharing an input shape are timed together (round-robin, so load drift hits them alike);
-    the table is saved after every chunk.
+    Layers sharing an input shape are timed together with a :class:`CallOverhead` anchor (round-robin, so
+    load drift hits them alike); the table is saved after every chunk.
     """
     from tqdm import tqdm
 
@@ -147,13 +175,14 @@ def measure_layers(
             missing.setdefault(sig.input_shape, []).append(key)
     chunks = [(shape, keys[i:i + CHUNK]) for shape, keys in missing.items() for i in range(0, len(keys), CHUNK)]
     for shape, keys in tqdm(chunks, desc="latency table", disable=not progress or not chunks, leave=False):
-        models = {key: layer_module(*requests[key]) for key in keys}
+        models = {ANCHOR: CallOverhead(), **{key: layer_module(*requests[key]) for key in keys}}
         result = timer(models, shape, threads=threads, warmup=warmup, iters=iters, baseline=None, rounds=rounds,
                        backends=("onnxruntime",))
+        overhead = _entry(result, ANCHOR)["median_ms"]
         for key in keys:
-            table.layers[key] = _entry(result, key)
+            table.layers[key] = {**_entry(result, key), "overhead_ms": overhead}
         table.save()
-    return {key: table.layers[key]["median_ms"] for key in requests}
+    return {key: net_ms(table.layers[key]) for key in requests}
 
 
 def network_key(model: nn.Module, input_size: Sequence[int], threads: int) -> str:

@@ -10,7 +10,10 @@ as comma-separated terms:
 * ``flash<=512KiB``, ``ram<=256KiB`` -- bytes, with optional B, KB/MB/GB
   (powers of 1000) or KiB/MiB/GiB (powers of 1024) suffix;
 * ``latency<=12ms`` -- batch-1 latency on the measured runtime, in ms (a unit is
-  required: ms, us or s); the search needs a measured latency table for it.
+  required: ms, us or s); the search needs a measured latency table for it;
+* ``latency<=25%``, ``macs<=40%`` ... -- any metric as a share of the dense base's own
+  cost (its latency predicted from the same table). A recipe that says "4x faster than
+  its base" this way holds on any machine, where ``latency<=4.2ms`` holds on one.
 
 Metric names and units are case-insensitive; whitespace is ignored.
 """
@@ -18,7 +21,7 @@ Metric names and units are case-insensitive; whitespace is ignored.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 __all__ = ["Budget", "BudgetError", "parse_budget", "METRICS"]
@@ -42,8 +45,8 @@ _UNIT_SPELLING = {"k": "K", "m": "M", "g": "G", "b": "B", "kb": "KB", "mb": "MB"
 
 _NUM = r"(?P<num>[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)"
 _RATIO_RE = re.compile(rf"^{_NUM}x$", re.IGNORECASE)
-_METRIC_RE = re.compile(rf"^(?P<metric>[a-z_]+)(?:<=|=){_NUM}(?P<unit>[a-z]*)$", re.IGNORECASE)
-_EXAMPLES = "expected e.g. 8x, params<=1.5M, flash<=512KiB, macs<=0.5G, ram<=256KiB, latency<=12ms"
+_METRIC_RE = re.compile(rf"^(?P<metric>[a-z_]+)(?:<=|=){_NUM}(?P<unit>[a-z]*|%)$", re.IGNORECASE)
+_EXAMPLES = "expected e.g. 8x, params<=1.5M, flash<=512KiB, macs<=0.5G, ram<=256KiB, latency<=12ms, latency<=25%"
 
 
 class BudgetError(ValueError):
@@ -53,21 +56,34 @@ class BudgetError(ValueError):
 @dataclass(frozen=True)
 class _Term:
     metric: str | None  # None for a compression ratio
-    value: float        # ratio, or the limit in base units (count / bytes / ms)
-    label: str          # filename-safe spelling, e.g. "8x" or "ram256KiB"
+    value: float        # ratio, the limit in base units (count / bytes / ms), or a share of the base's cost
+    label: str          # filename-safe spelling, e.g. "8x", "ram256KiB" or "latency25pct"
+    relative: bool = False  # value is a share of the base's cost (``latency<=25%``)
 
 
 @dataclass(frozen=True)
 class Budget:
-    """A parsed budget: an optional params ratio plus absolute limits."""
+    """A parsed budget: an optional params ratio, absolute limits, and limits relative to the base's cost."""
 
     text: str
     ratio: float | None
     absolute: Mapping[str, float]
+    relative: Mapping[str, float] = field(default_factory=dict)  # metric -> share of the base's cost (0.25 = 25%)
+
+    @property
+    def metrics(self) -> set[str]:
+        """Every metric this budget limits besides the params ratio."""
+        return {*self.absolute, *self.relative}
 
     def limits(self, base_cost: Mapping[str, float]) -> dict[str, float]:
-        """Absolute limits for a model of cost ``base_cost`` (ratio -> params limit, tighter wins)."""
+        """Absolute limits for a model of cost ``base_cost`` (ratio -> params limit, ``%`` -> share of the
+        base's cost; tighter wins)."""
         out = {k: float(v) for k, v in self.absolute.items()}
+        for metric, share in self.relative.items():
+            if metric not in base_cost:
+                raise BudgetError(f"budget {self.text!r}: {metric}<={100 * share:g}% needs the base's {metric}"
+                                  + (" (a measured latency table)" if metric == "latency" else ""))
+            out[metric] = float(base_cost[metric]) * share
         if self.ratio is not None:
             if "params" not in base_cost:
                 raise BudgetError(f"budget {self.text!r}: a ratio needs base_cost['params']")
@@ -107,6 +123,11 @@ def _parse_term(budget: str, term: str) -> _Term:
     metric, unit = m["metric"].lower(), m["unit"].lower()
     if metric not in METRICS:
         raise fail(f"unknown metric {m['metric']!r} in term {term!r} (known: {', '.join(METRICS)})")
+    if unit == "%":
+        share = float(m["num"]) / 100
+        if not 0 < share <= 1:
+            raise fail(f"share in term {term!r} must be above 0% and at most 100%")
+        return _Term(metric, share, f"{metric}{_fmt_num(m['num'])}pct", relative=True)
     units = METRICS[metric]
     if unit not in units:
         allowed = ", ".join(_UNIT_SPELLING[u] for u in units if u)
@@ -132,8 +153,10 @@ def _parse_terms(text: str) -> list[_Term]:
 
 
 def parse_budget(text: str) -> Budget:
-    """Parse ``"8x"``, ``"params<=1.5M"``, ``"8x, ram<=256KiB"`` ...; ValueError names the bad term."""
+    """Parse ``"8x"``, ``"params<=1.5M"``, ``"8x, ram<=256KiB"``, ``"8x, latency<=25%"`` ...; ValueError names the
+    bad term."""
     terms = _parse_terms(text)
     ratio = next((t.value for t in terms if t.metric is None), None)
-    absolute = {t.metric: t.value for t in terms if t.metric is not None}
-    return Budget(text=text, ratio=ratio, absolute=absolute)
+    absolute = {t.metric: t.value for t in terms if t.metric is not None and not t.relative}
+    relative = {t.metric: t.value for t in terms if t.metric is not None and t.relative}
+    return Budget(text=text, ratio=ratio, absolute=absolute, relative=relative)

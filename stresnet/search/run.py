@@ -56,7 +56,7 @@ def search_and_write(
     ``search_space`` (:data:`~stresnet.search.pipeline.SPACES`): which layer kinds are searched, with which types.
     """
     parsed = [parse_budget(b) for b in budgets]  # fail on a bad budget before any work
-    timed = next((b for b in parsed if "latency" in b.absolute), None)
+    timed = next((b for b in parsed if "latency" in b.metrics), None)
     if timed is not None and latency is None:
         raise BudgetError(f"budget {timed.text!r}: a latency limit needs a measured latency table "
                           "(stresnet search --latency-cache PATH)")

@@ -27,7 +27,8 @@ from .common import TRAIN_EXTRA, ClassifyRun, State, hardware, train_config
 STAGES = {
     "train_base": train.train_base, "search": search.search, "plan": search.plan, "lrs_plan": search.lrs_plan,
     "admm": train.admm, "reinit": train.reinit, "decompose": compress.decompose, "finetune": train.finetune,
-    "eval": evaluate.evaluate, "agreement": evaluate.agreement, "publish": publish.publish,
+    "eval": evaluate.evaluate, "agreement": evaluate.agreement, "latency": evaluate.latency,
+    "publish": publish.publish,
     "reference": publish.reference,
 }
 DISTRIBUTED_STAGES = ("train_base", "admm", "finetune")

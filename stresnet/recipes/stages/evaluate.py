@@ -3,7 +3,9 @@
 data folder instead (ImageNet validation images no ImageNet model trained on; needs ``reading.labels:
 imagenet-1k``).
 ``agreement: {images: FOLDER}`` compares the model with the base on unlabelled images of other content (top-1
-agreement, KL): what a model distilled on a few classes kept of its base elsewhere."""
+agreement, KL): what a model distilled on a few classes kept of its base elsewhere.
+``latency: {input_size: 224, threads: 2}`` times the model and its dense base in one onnxruntime run, and
+holds the result against the latency limit of the arm's search stage, when it had one."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -76,3 +78,29 @@ def agreement(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
         raise RecipeError(f"stage agreement: {e}") from None
     config = (run.reading or Reading()).data_config(run.input_size)
     return {**measure_agreement(run.model(state), run.teacher(), files, config), "folder": str(p["images"])}
+
+
+def latency(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
+    """Batch-1 onnxruntime latency of the current model and the dense base, timed in the same run (round-robin,
+    so machine drift hits both alike); ``speedup`` = base ms / model ms. When the arm's ``search`` stage had a
+    ``latency<=`` term, ``limit_ms`` is its limit in ms (as the search's table priced it) and ``within_limit``
+    says whether the measured latency is at most 10 % above it (issue #18's tolerance)."""
+    from ...deploy.latency import bench_latency
+
+    size, threads = int(p.get("input_size", 224)), int(p.get("threads", 2))
+    models = {"model": run.model(state), "base": run.teacher()}
+    bench = bench_latency(models, (3, size, size), threads=threads, iters=int(p.get("iters", 50)), baseline="base",
+                          backends=("onnxruntime",))
+    ort = {name: bench["models"][name]["onnxruntime"] for name in models}
+    row = {"input_size": size, "threads": threads, "model_ms": ort["model"]["median_ms"],
+           "base_ms": ort["base"]["median_ms"], "speedup": ort["model"]["speedup"],
+           "mac_ratio": bench["models"]["model"]["mac_ratio"],
+           "other_processes_cores": bench["env"]["other_processes_cores"], "env": bench["env"]}
+    searched = [s["result"].get("latency") for s in run.arm_results().get("stages", [])
+                if s.get("type") == "search" and isinstance(s.get("result"), dict)]
+    limit = next((x for x in searched if x and x.get("limit_ms")), None)
+    if limit is not None:
+        row.update(limit_ms=limit["limit_ms"], predicted_ms=limit.get("predicted_ms"),
+                   within_limit=row["model_ms"] <= 1.1 * limit["limit_ms"],
+                   limit_error=(row["model_ms"] - limit["limit_ms"]) / limit["limit_ms"])
+    return row

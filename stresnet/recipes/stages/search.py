@@ -9,28 +9,60 @@ from .common import ClassifyRun, State, require
 
 
 def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
-    """CompressNAS: estimator tables + ILP at ``budget``; sets the plan. ``family: stresnet_pico``: the
-    structure search at that ST variant's four budgets instead (:func:`family_search`)."""
+    """CompressNAS: estimator tables + ILP at ``budget``; sets the plan. ``cost_size``: price MACs, RAM and
+    latency at that input size (e.g. 224 while calibrating at the recipe's 128); a ``latency<=`` term times the
+    options on this machine first (:func:`_latency_source`). ``family: stresnet_pico``: the structure search
+    at that ST variant's four budgets instead (:func:`family_search`)."""
+    from ...search.budgets import BudgetError
+    from ...search.latency_costs import LatencyError
     from ...search.run import ESTIMATOR, STEP, search_and_write
 
     require(state, "dense", "search")
     if "family" in p:
         return family_search(run, state, p, out)
     budget = str(p.get("budget", "8x"))
-    report = search_and_write(run.base["model"], Path(state.weights) if state.weights else None, run.data, [budget],
-                              out, num_classes=run.base.get("num_classes"), size=run.input_size,
-                              calib=int(p.get("calib", 256)), step=int(p.get("step", STEP)),
-                              estimator=str(p.get("estimator", ESTIMATOR)), seed=int(p.get("seed", 0)),
-                              progress=run.progress, search_space=str(p.get("space", "compressnas")))
+    cost_size = int(p["cost_size"]) if "cost_size" in p else None
+    try:
+        report = search_and_write(run.base["model"], Path(state.weights) if state.weights else None, run.data,
+                                  [budget], out, num_classes=run.base.get("num_classes"), size=run.input_size,
+                                  calib=int(p.get("calib", 256)), step=int(p.get("step", STEP)),
+                                  estimator=str(p.get("estimator", ESTIMATOR)), seed=int(p.get("seed", 0)),
+                                  progress=run.progress, search_space=str(p.get("space", "compressnas")),
+                                  latency=_latency_source(run, p, out), cost_size=cost_size)
+    except (BudgetError, LatencyError) as e:
+        raise RecipeError(f"stage search: {e}") from None
     row = next(iter(report["budgets"].values()))
     state.plan = str(out / f"plan_{next(iter(report['budgets']))}.json")
     result = {"budget": budget, "plan": state.plan, "seconds": report["seconds"], "searched": row["methods"]["searched"]}
+    if "latency" in report:  # the table's prediction for the dense base and the plan, and the limit in ms
+        from ...search.budgets import parse_budget
+
+        limits = parse_budget(budget).limits({"params": 1.0, "latency": report["latency"]["dense_ms"]})
+        result["latency"] = {**report["latency"], "cost_size": cost_size or run.input_size,
+                             "limit_ms": limits.get("latency"),
+                             "predicted_ms": row["methods"]["searched"].get("predicted_latency_ms")}
     if p.get("expect_plan"):  # the packaged zoo plan must be what this search finds
         from ...plan import Plan
 
         expected = Plan.load(input_path(p["expect_plan"]))
         result["matches_expected_plan"] = Plan.load(state.plan).layers == expected.layers
     return result
+
+
+def _latency_source(run: ClassifyRun, p: dict, out: Path):
+    """The measured latency table a ``latency<=`` budget (or ``latency_cache``) asks for: onnxruntime on this
+    machine at ``latency_threads`` (default 2) threads, cached in ``latency_cache`` (default: the stage's own
+    folder, so a resumed search times nothing twice). ``None`` when the budget has no latency term."""
+    from functools import partial
+
+    from ...deploy.latency_table import LatencyTable, search_latency
+    from ...search.budgets import parse_budget
+
+    if "latency" not in parse_budget(str(p.get("budget", "8x"))).metrics and "latency_cache" not in p:
+        return None
+    cache = input_path(p["latency_cache"]) if "latency_cache" in p else out / "latency_table.json"
+    return partial(search_latency, table=LatencyTable.load(cache), threads=int(p.get("latency_threads", 2)),
+                   progress=run.progress)
 
 
 def family_search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
@@ -158,7 +190,7 @@ def _pruning_at_budget(run: ClassifyRun, state: State, budget: str, out: Path) -
     except BudgetError as e:
         raise RecipeError(f"stage lrs_plan: {e}") from None
     factor = parsed.ratio
-    if factor is None or parsed.absolute:
+    if factor is None or parsed.metrics:
         raise RecipeError(f"stage lrs_plan: budget {budget!r} is not a factor like 1.5x")
     if factor <= 1:
         raise RecipeError(f"stage lrs_plan: budget {budget!r} must be above 1x")
