@@ -78,6 +78,24 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evidence_latency(args: argparse.Namespace) -> int:
+    from .deploy.evidence_latency import measure_evidence_latency
+    from .deploy.tables import text_table
+
+    out = args.json_out or args.results / "deploy" / f"latency_evidence_{args.input_size}px.json"
+    result = measure_evidence_latency(args.recipes, args.results, Path("."), out, args.input_size, args.threads,
+                                      args.iters)
+    rows = [[arm, f"{r['median_ms']:.2f}", f"{r['speedup']:.2f}x", f"{r['macs'] / 1e6:.1f}"]
+            for arm, r in result["arms"].items()]
+    print(f"dense base {result['base_ms']:.2f} ms; other processes used "
+          f"{result['env']['other_processes_cores'] or 0:.2f} cores")
+    print("\n".join(text_table(["recipe:arm", "ort ms", "speedup", "MMACs"], rows)))
+    for arm, why in result["skipped"].items():
+        print(f"{arm}: {why}")
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_int8(args: argparse.Namespace) -> int:
     import timm
 
@@ -709,6 +727,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--latency-reference", choices=("floor", "dense"), default="floor",
                    help="network the constant rest is measured on: searched layers at Tucker-2 ranks 8, or dense")
     b.set_defaults(func=_cmd_latency)
+
+    b = bench.add_parser("evidence-latency", help="onnxruntime latency of every evidence arm (architectures rebuilt "
+                         "from the results JSONs) and the dense base, in one run")
+    b.add_argument("--recipes", type=Path, default=Path("recipes"), help="where recipes/evidence_*.yaml live")
+    b.add_argument("--results", type=Path, default=Path("recipes/results"), help="their results JSONs")
+    b.add_argument("--input-size", type=int, default=224)
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--iters", type=int, default=50)
+    b.add_argument("--json-out", type=Path, default=None,
+                   help="default RESULTS/deploy/latency_evidence_<size>px.json (the report reads it)")
+    b.set_defaults(func=_cmd_evidence_latency)
 
     b = bench.add_parser("int8", help="top-1 of fp32 vs int8 ONNX (onnxruntime) of published weights on val/")
     b.add_argument("models", nargs="*", help="published weights, arch.tag (default: every published one)")

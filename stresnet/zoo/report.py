@@ -42,12 +42,15 @@ EXTRA_ARMS: dict[str, tuple[str, str]] = {
     "uniform_admm": ("2b", "arm 2's plan by the same ADMM route"),
     "searched_direct": ("1d", "arm 1's plan, decomposed from the base directly (no ADMM), KD for all the epochs"),
     "uniform_direct": ("2d", "arm 2's plan, decomposed directly (no ADMM), KD for all the epochs"),
+    "searched_macs": ("1m", "the search at arm 2d's params and at most its MACs, decomposed directly, KD for all "
+                            "the epochs"),
 }
 ROUTE_NOTE = ", by the ADMM route (the dense base is pulled toward the ranks before decomposing)"
 ALL_ARMS = {**ARMS, **EXTRA_ARMS}
 MARKERS = {"searched": ("o", "C3"), "uniform": ("s", "C0"), "scratch_kd": ("^", "C2"), "scratch": ("v", "C1"),
            "pruned": ("D", "C4"), "searched_admm": ("o", "C3"), "uniform_admm": ("s", "C0"),
-           "searched_direct": ("o", "C3"), "uniform_direct": ("s", "C0")}  # the other route: hollow markers
+           "searched_direct": ("o", "C3"), "uniform_direct": ("s", "C0"),
+           "searched_macs": ("P", "C5")}  # the other route: hollow markers
 # fine-tune fields that must match between arms for "the same budget" (KD and seed differ by design)
 BUDGET_KEYS = ("epochs", "input_size", "batch_size", "optimizer", "lr", "min_lr", "momentum", "weight_decay",
                "warmup_epochs", "label_smoothing", "kd_T", "max_steps_per_epoch")
@@ -76,6 +79,8 @@ class Run:
     config: dict
     hardware: dict | None
     admm_epochs: int = 0  # of ``epochs``, spent on ADMM of the dense base before decomposing
+    latency_ms: float | None = None  # onnxruntime, batch 1, from LATENCY_FILE (None: not measured)
+    speedup: float | None = None  # dense base ms / this arm's ms, in that same run
 
 
 @dataclass
@@ -188,14 +193,19 @@ def _run(recipe: str, arm: str, row: Mapping[str, Any], hardware: dict | None, w
         raise ReportError(f"{where}: arm {arm!r} has a final eval without {e}") from None
 
 
+LATENCY_FILE = Path("deploy") / "latency_evidence_224px.json"  # in the results folder: `stresnet bench evidence-latency`
+
+
 def load_evidence(recipes_dir: Path, results_dir: Path) -> tuple[list[Evidence], dict | None]:
-    """Every ``evidence_*.yaml`` in ``recipes_dir`` with its results from ``results_dir``; and the base's eval."""
+    """Every ``evidence_*.yaml`` in ``recipes_dir`` with its results from ``results_dir``; and the base's eval.
+    Arms get their measured latency from ``results_dir / LATENCY_FILE`` when it has them."""
     if not recipes_dir.is_dir():
         raise ReportError(f"{recipes_dir}: no such recipes folder")
     if not results_dir.is_dir():
         raise ReportError(f"{results_dir}: no such results folder")
     by_variant: dict[str, Evidence] = {}
     base = None
+    timed = (_read_json(results_dir / LATENCY_FILE).get("arms") or {}) if (results_dir / LATENCY_FILE).is_file() else {}
     for path in sorted(recipes_dir.glob("evidence_*.yaml")):
         recipe = _read_recipe(path)
         name = str(recipe.get("name", path.stem))
@@ -212,6 +222,9 @@ def load_evidence(recipes_dir: Path, results_dir: Path) -> tuple[list[Evidence],
             row = done.get(arm) or {}
             if row.get("final"):
                 run = _run(name, str(arm), row, results.get("hardware"), str(res_path))
+                if f"{name}:{arm}" in timed:
+                    run.latency_ms = float(timed[f"{name}:{arm}"]["median_ms"])
+                    run.speedup = float(timed[f"{name}:{arm}"]["speedup"])
                 ev.arms[kind].runs.append(run)
             else:
                 ev.arms[kind].missing.append(f"{name}:{arm}")
@@ -315,25 +328,35 @@ def _verdicts(ev: Evidence) -> list[str]:
             out.append(_compare(first, "1", ev.arms[alt_uniform], num_uniform, ev.label(alt_uniform)))
         if ev.arms[alt].runs and ev.arms[alt_uniform].runs:
             out.append(_compare(ev.arms[alt], num, ev.arms[alt_uniform], num_uniform, ev.label(alt_uniform)))
+    macs, uniform = ev.arms["searched_macs"], ev.arms["uniform_direct"]
+    if macs.runs and uniform.runs:  # the comparison at equal compute (issue #18): say which budgets are equal
+        m, u = macs.runs[0], uniform.runs[0]
+        equal = (f"params {m.params / 1e6:.3f} M vs {u.params / 1e6:.3f} M, MACs {m.macs / 1e6:.1f} M vs "
+                 f"{u.macs / 1e6:.1f} M: " + ("at most equal params and MACs" if m.params <= u.params
+                                              and m.macs <= u.macs else "**the budget is NOT equal**"))
+        out.append(_compare(macs, "1m", uniform, "2d", f"{ev.label('uniform_direct')}; {equal}"))
     return out
 
 
 def _table(ev: Evidence, base: Mapping[str, Any] | None) -> list[str]:
-    lines = ["| arm | what | top-1 (%) | vs base (pt) | top-5 (%) | params (M) | MMACs | int8 flash (KiB) | epochs "
-             "| fine-tune min | seeds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| arm | what | top-1 (%) | vs base (pt) | top-5 (%) | params (M) | MMACs | ort ms (224 px) | speedup "
+             "| int8 flash (KiB) | epochs | fine-tune min | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for kind, (num, label) in ev.shown().items():
         arm = ev.arms[kind]
         if not arm.runs:
-            lines.append(f"| {num} | {label} | not run | - | - | - | - | - | - | - | - |")
+            lines.append(f"| {num} | {label} | not run | - | - | - | - | - | - | - | - | - | - |")
             continue
         r0 = arm.runs[0]
         vs = f"{100 * (arm.mean() - base['top1']):+.2f}" if base else "-"
         minutes = [r.seconds / 60 for r in arm.runs if r.seconds is not None]
         mins = f"{sum(minutes) / len(minutes):.1f}" if minutes else "-"
         seeds = ", ".join(str(r.seed) for r in arm.runs)
+        ms = f"{r0.latency_ms:.2f}" if r0.latency_ms is not None else "-"
+        speed = f"{r0.speedup:.2f}x" if r0.speedup is not None else "-"
         lines.append(f"| {num} | {label} | {_top1(arm)} | {vs} | {_pct(arm.mean('top5'))} | {r0.params / 1e6:.3f} | "
-                     f"{r0.macs / 1e6:.1f} | {r0.flash_bytes / 1024:.1f} | {r0.epochs} | {mins} | {seeds} |")
+                     f"{r0.macs / 1e6:.1f} | {ms} | {speed} | {r0.flash_bytes / 1024:.1f} | {r0.epochs} | {mins} | "
+                     f"{seeds} |")
     return lines
 
 
@@ -344,6 +367,13 @@ def _variant_section(ev: Evidence, base: Mapping[str, Any] | None, level: str = 
     lines = [f"{level} {ev.variant}", "",
              "Recipes: " + ", ".join(f"`recipes/{n}.yaml`" for n in ev.recipes) + ".", ""]
     lines += _table(ev, base) + [""]
+    if any(r.latency_ms is not None for r in runs):
+        lines += ["Equal across arms: params (arms 2 and 2d at or just above arm 1's; arm 5 counts values and "
+                  "indices) and the fine-tune budget below. Not equal: MACs (at 128 px, as trained) and latency; "
+                  "arm 1m, where listed, is the search held to arm 2d's params and MACs. Latency: onnxruntime, "
+                  "batch 1, 224 px, every arm's architecture rebuilt from its results and timed in one run with the "
+                  "dense ResNet-18 (speedup = its ms / the arm's); a pruned arm runs dense there "
+                  "(`stresnet bench evidence-latency`).", ""]
     checked = f"the same for the {len(runs)} runs above (checked from their JSONs; KD and seed aside)"
     lines.append(f"Budget{', ' + checked if len(runs) > 1 and not diffs else ''}: {budget}."
                  + (f" Fine-tune minutes on: {'; '.join(hw)}." if hw else ""))
