@@ -62,17 +62,27 @@ def _cmd_latency(args: argparse.Namespace) -> int:
 
     names = list(dict.fromkeys(["resnet18", *args.models]))
     size = (3, args.input_size, args.input_size)
-    result = bench_latency(_models(names, args.num_classes), size, threads=args.threads, iters=args.iters)
+    models, references = _models(names, args.num_classes), {}
+    if args.predict:  # the networks each prediction's rest is measured on, timed in this same run
+        from .deploy.latency_table import plan_for_name, plan_reference
+
+        plans = {n: plan_for_name(n) for n in names}
+        for n, plan in plans.items():
+            ref = plan_reference(plan, size, args.num_classes, args.latency_reference)
+            if all(repr(ref) != repr(r) for r in references.values()):
+                references[f"reference {len(references) + 1} (rest of {n})"] = ref
+        models.update(references)
+    result = bench_latency(models, size, threads=args.threads, iters=args.iters)
     text = format_latency(result)
     if args.predict:  # predicted from per-layer tables vs measured in this run
         import os
 
-        from .deploy.latency_table import LatencyTable, format_prediction, plan_for_name, predict_vs_measured
+        from .deploy.latency_table import LatencyTable, adopt_networks, format_prediction, predict_vs_measured
 
         cache = args.latency_cache or Path(os.environ.get("STRESNET_RUNS", "runs")) / "latency_cache.json"
         table = LatencyTable.load(cache)
-        result["prediction"] = predict_vs_measured(result, {n: plan_for_name(n) for n in names}, table,
-                                                   args.num_classes, args.latency_reference)
+        adopt_networks(table, result, references)
+        result["prediction"] = predict_vs_measured(result, plans, table, args.num_classes, args.latency_reference)
         text += "\n\n" + format_prediction(result["prediction"], table) + f"\nlatency table: {cache}"
     print(json.dumps(result) if args.json else text)
     return 0

@@ -228,3 +228,44 @@ def test_search_run_reports_predicted_latency(tree: Path, tmp_path: Path) -> Non
     assert free["predicted_latency_ms"] == pytest.approx(free["macs"] / 1e6)
     assert free["predicted_latency_ms"] > 7.5 >= timed["predicted_latency_ms"]
     assert "predicted_latency_ms" in report["budgets"]["4x"]["methods"]["uniform"]
+
+
+def test_a_reference_timed_in_the_bench_run_is_the_one_the_prediction_uses(tmp_path: Path) -> None:
+    """`bench latency --predict` times each plan's reference network with the networks it checks; the prediction
+    must take that timing (same machine state), not time the reference again at another moment."""
+    from stresnet.deploy.latency_table import adopt_networks, plan_reference
+
+    plan = Plan(base={"arch": "resnet18", "num_classes": 10}, layers={"layer1.0.conv1": {"type": "tucker2",
+                                                                                         "ranks": [16, 16]}})
+    size = [3, 32, 32]
+    table = LatencyTable(tmp_path / "t.json", ENV)
+    truth = predict_plan(table, plan, size, threads=2, timer=FakeTimer())["predicted_ms"]
+    ref = plan_reference(plan, size, reference="floor")
+    bench = {"input_size": size, "threads": 2, "env": {"other_processes_cores": 0.0},
+             "models": {"ref": {"onnxruntime": {"median_ms": 100.0, "samples": 50}}}}
+    adopt_networks(table, bench, {"ref": ref})  # the state of this run: every network 100 ms slower, say
+    timer = FakeTimer()
+    shifted = predict_plan(LatencyTable.load(tmp_path / "t.json", ENV), plan, size, threads=2, timer=timer)
+    assert timer.calls == 0  # layers from the cache, the reference from the bench run
+    fake_ref = profile(ref, tuple(size)).macs / 1e6 + 0.25
+    assert shifted["predicted_ms"] == pytest.approx(truth + 100.0 - fake_ref)
+
+
+def test_bench_latency_predict_runs_end_to_end_on_this_machine(tmp_path: Path, capsys) -> None:
+    """The real path, tiny: onnxruntime times a zoo plan, its reference and its layers at 32 px; the table is
+    written for this machine and a second run reuses every layer. No timed assertion."""
+    cache = tmp_path / "t.json"
+    args = ["bench", "latency", "stresnet18_32x", "--input-size", "32", "--iters", "3", "--predict",
+            "--latency-cache", str(cache), "--json"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    rows = first["prediction"]
+    assert set(rows) == {"resnet18", "stresnet18_32x"} and all(r["predicted_ms"] > 0 for r in rows.values())
+    assert any(name.startswith("reference 1") for name in first["models"])
+    table = json.loads(cache.read_text())
+    assert table["format"] == "stresnet-latency/2" and table["layers"]
+    assert all("overhead_ms" in e for e in table["layers"].values())
+    layers = dict(table["layers"])
+    assert main(args) == 0
+    capsys.readouterr()
+    assert json.loads(cache.read_text())["layers"] == layers  # every layer came from the cache

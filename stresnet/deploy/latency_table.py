@@ -45,7 +45,7 @@ from .latency import bench_latency
 from .tables import text_table
 
 __all__ = ["FORMAT", "ANCHOR", "LatencyTable", "CallOverhead", "net_ms", "layer_module", "measure_layers",
-           "measure_network", "latency_costs", "search_latency", "predict_plan", "plan_for_name", "predict_vs_measured", "format_prediction"]
+           "measure_network", "latency_costs", "search_latency", "predict_plan", "plan_reference", "adopt_networks", "plan_for_name", "predict_vs_measured", "format_prediction"]
 
 FORMAT = "stresnet-latency/2"  # /2: layer entries carry their chunk's call overhead
 Reference = Literal["floor", "dense"]
@@ -218,6 +218,12 @@ def reference_spec(sig: LayerSignature, reference: Reference) -> dict:
     return {"type": "tucker2", "ranks": [min(FLOOR_RANK, sig.c_out), min(FLOOR_RANK, sig.c_in)]}
 
 
+def reference_network(model: nn.Module, layers: Mapping[str, LayerSignature], reference: Reference) -> nn.Module:
+    """``model`` with its searched ``layers`` at the reference specs: the network ``rest`` is measured on."""
+    ref_plan = Plan(layers={n: s for n, sig in layers.items() if (s := reference_spec(sig, reference))["type"] != "full"})
+    return compress(copy.deepcopy(model), ref_plan, init="random") if ref_plan.layers else model
+
+
 def latency_costs(
     table: LatencyTable,
     model: nn.Module,
@@ -241,9 +247,7 @@ def latency_costs(
             wanted[name].setdefault(layers[name].key(spec, threads), dict(spec))
     requests = {key: (layers[name], spec) for name, row in wanted.items() for key, spec in row.items()}
     ms = measure_layers(table, requests, threads, timer=timer, progress=progress)
-    ref_plan = Plan(layers={n: s for n, s in refs.items() if s["type"] != "full"})
-    ref_model = compress(copy.deepcopy(model), ref_plan, init="random") if ref_plan.layers else model
-    total = measure_network(table, ref_model, input_size, threads, timer=timer)
+    total = measure_network(table, reference_network(model, layers, reference), input_size, threads, timer=timer)
     rest = total - math.fsum(ms[layers[n].key(s, threads)] for n, s in refs.items())
     per_layer = {name: {spec_key(spec): ms[key] for key, spec in row.items()} for name, row in wanted.items()}
     return LatencyCosts(rest, per_layer, threads=int(threads), source=str(table.path) if table.path else None)
@@ -292,6 +296,24 @@ def predict_plan(
     costs = latency_costs(table, base, layers, {n: [s] for n, s in specs.items()}, input_size, threads, reference,
                           timer)
     return {"predicted_ms": costs.total(specs), "rest_ms": costs.rest_ms, "layers": len(layers)}
+
+
+def plan_reference(plan: Plan, input_size: Sequence[int], num_classes: int | None = None,
+                   reference: Reference = "floor") -> nn.Module:
+    """The reference network behind :func:`predict_plan`'s ``rest_ms`` for ``plan``."""
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    base = build(Plan(base=plan.base, surgery=plan.surgery), **kwargs).eval()
+    return reference_network(base, _searched_layers(base, plan, input_size), reference).eval()
+
+
+def adopt_networks(table: LatencyTable, bench: Mapping[str, Any], names: Mapping[str, nn.Module]) -> None:
+    """Store networks timed in a :func:`bench_latency` run (``{name in the run: model}``) in ``table``,
+    replacing earlier timings: a reference timed in the same run as the networks a prediction is checked
+    against shares their machine state (on this VM the state of the moment moved a small model from 2.3 to
+    4.2 ms between runs, and a reference timed minutes apart carried that into every prediction)."""
+    for name, model in names.items():
+        table.networks[network_key(model, bench["input_size"], bench["threads"])] = _entry(bench, name)
+    table.save()
 
 
 def plan_for_name(name: str) -> Plan:
