@@ -17,12 +17,17 @@ their timing noise lands on it whole. Timing is :func:`stresnet.deploy.latency.b
 
 A layer timed alone also pays one onnxruntime call (binding, output allocation, waking the thread
 pool): tens of microseconds, as much as a small factorised layer computes, and it drifts with the
-machine's state. A network pays it once, a sum of N layers N times, so an unanchored sum carried
-N drifting overheads (pico at 224 px: its layers summed 3.77 ms in one fill and 5.13 ms in the
-next, while the network measured 4.12 and 4.18 ms). Every chunk of layers is therefore timed
-together with an anchor, :class:`CallOverhead` (one call with almost no compute) on the same input,
-in the same round-robin rounds, and a layer's latency is its median minus that chunk's anchor
-median (:func:`net_ms`); ``rest`` then holds the network's one call and stays small and positive.
+machine's state. Every chunk of layers is therefore timed together with an anchor,
+:class:`CallOverhead` (one call with almost no compute) on the same input, in the same round-robin
+rounds, and a layer's latency is its median minus that chunk's anchor median (:func:`net_ms`).
+Options of one layer that land in different chunks (a search times thousands) then compare without
+each chunk's overhead, and ``rest`` is what the network pays besides its searched layers, positive.
+
+The larger drift on this VM is the machine's state itself: the same small model measured 2.3 ms in
+one run and 4.2 ms in another (pico at 224 px), while ResNet-18 moved by 4 %. A reference timed in
+one state and networks checked in another put that difference into every prediction (one run's
+pico prediction was off by 55 %). ``stresnet bench latency --predict`` therefore times each plan's
+reference network in the same run as the networks it checks (:func:`adopt_networks`).
 """
 from __future__ import annotations
 
