@@ -46,7 +46,7 @@ from ..search.latency_costs import FULL, LatencyCosts, LatencyError, LayerSignat
 from ..search.pipeline import SearchSpace, decomposable_convs, input_shapes
 from ..utils.io import atomic_write_json
 from ..utils.provenance import cpu_model
-from .latency import bench_latency
+from .latency import bench_latency, isolated
 from .tables import text_table
 
 __all__ = ["FORMAT", "ANCHOR", "LatencyTable", "CallOverhead", "net_ms", "layer_module", "measure_layers",
@@ -179,14 +179,17 @@ def measure_layers(
         if key not in table.layers:
             missing.setdefault(sig.input_shape, []).append(key)
     chunks = [(shape, keys[i:i + CHUNK]) for shape, keys in missing.items() for i in range(0, len(keys), CHUNK)]
-    for shape, keys in tqdm(chunks, desc="latency table", disable=not progress or not chunks, leave=False):
-        models = {ANCHOR: CallOverhead(), **{key: layer_module(*requests[key]) for key in keys}}
-        result = timer(models, shape, threads=threads, warmup=warmup, iters=iters, baseline=None, rounds=rounds,
-                       backends=("onnxruntime",))
-        overhead = _entry(result, ANCHOR)["median_ms"]
-        for key in keys:
-            table.layers[key] = {**_entry(result, key), "overhead_ms": overhead}
-        table.save()
+    if not chunks:
+        return {key: net_ms(table.layers[key]) for key in requests}
+    with isolated(timer) as timed:  # a fresh process: see deploy.latency.isolated
+        for shape, keys in tqdm(chunks, desc="latency table", disable=not progress, leave=False):
+            models = {ANCHOR: CallOverhead(), **{key: layer_module(*requests[key]) for key in keys}}
+            result = timed(models, shape, threads=threads, warmup=warmup, iters=iters, baseline=None,
+                           rounds=rounds, backends=("onnxruntime",))
+            overhead = _entry(result, ANCHOR)["median_ms"]
+            for key in keys:
+                table.layers[key] = {**_entry(result, key), "overhead_ms": overhead}
+            table.save()
     return {key: net_ms(table.layers[key]) for key in requests}
 
 
@@ -209,8 +212,9 @@ def measure_network(
     """Whole-network latency (ms), timed once per :func:`network_key` and cached."""
     key = network_key(model, input_size, threads)
     if key not in table.networks:
-        result = timer({key: model}, tuple(input_size), threads=threads, warmup=warmup, iters=iters, baseline=None,
-                       rounds=rounds, backends=("onnxruntime",))
+        with isolated(timer) as timed:
+            result = timed({key: model}, tuple(input_size), threads=threads, warmup=warmup, iters=iters,
+                           baseline=None, rounds=rounds, backends=("onnxruntime",))
         table.networks[key] = _entry(result, key)
         table.save()
     return table.networks[key]["median_ms"]
