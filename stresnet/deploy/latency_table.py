@@ -23,10 +23,12 @@ rounds, and a layer's latency is its median minus that chunk's anchor median (:f
 Options of one layer that land in different chunks (a search times thousands) then compare without
 each chunk's overhead, and ``rest`` is what the network pays besides its searched layers, positive.
 
-The larger drift on this VM is the machine's state itself: the same small model measured 2.3 ms in
-one run and 4.2 ms in another (pico at 224 px), while ResNet-18 moved by 4 %. A reference timed in
-one state and networks checked in another put that difference into every prediction (one run's
-pico prediction was off by 55 %). ``stresnet bench latency --predict`` therefore times each plan's
+The larger errors came from state: the same small model measured 2.3 ms in one run and 4.2 ms in
+another (pico at 224 px), while ResNet-18 moved by 4 %, and a layer timed alone could take 3.6x
+longer in one process than in another, depending on where the process's earlier allocations left
+the input in memory (fixed since: :func:`stresnet.deploy.latency._placed`). A reference timed in one
+state and networks checked in another put that difference into every prediction (one run's pico
+prediction was off by 55 %). ``stresnet bench latency --predict`` therefore times each plan's
 reference network in the same run as the networks it checks (:func:`adopt_networks`).
 """
 from __future__ import annotations
@@ -46,7 +48,7 @@ from ..search.latency_costs import FULL, LatencyCosts, LatencyError, LayerSignat
 from ..search.pipeline import SearchSpace, decomposable_convs, input_shapes
 from ..utils.io import atomic_write_json
 from ..utils.provenance import cpu_model
-from .latency import bench_latency, isolated
+from .latency import bench_latency
 from .tables import text_table
 
 __all__ = ["FORMAT", "ANCHOR", "LatencyTable", "CallOverhead", "net_ms", "layer_module", "measure_layers",
@@ -179,17 +181,14 @@ def measure_layers(
         if key not in table.layers:
             missing.setdefault(sig.input_shape, []).append(key)
     chunks = [(shape, keys[i:i + CHUNK]) for shape, keys in missing.items() for i in range(0, len(keys), CHUNK)]
-    if not chunks:
-        return {key: net_ms(table.layers[key]) for key in requests}
-    with isolated(timer) as timed:  # a fresh process: see deploy.latency.isolated
-        for shape, keys in tqdm(chunks, desc="latency table", disable=not progress, leave=False):
-            models = {ANCHOR: CallOverhead(), **{key: layer_module(*requests[key]) for key in keys}}
-            result = timed(models, shape, threads=threads, warmup=warmup, iters=iters, baseline=None,
-                           rounds=rounds, backends=("onnxruntime",))
-            overhead = _entry(result, ANCHOR)["median_ms"]
-            for key in keys:
-                table.layers[key] = {**_entry(result, key), "overhead_ms": overhead}
-            table.save()
+    for shape, keys in tqdm(chunks, desc="latency table", disable=not progress or not chunks, leave=False):
+        models = {ANCHOR: CallOverhead(), **{key: layer_module(*requests[key]) for key in keys}}
+        result = timer(models, shape, threads=threads, warmup=warmup, iters=iters, baseline=None, rounds=rounds,
+                       backends=("onnxruntime",))
+        overhead = _entry(result, ANCHOR)["median_ms"]
+        for key in keys:
+            table.layers[key] = {**_entry(result, key), "overhead_ms": overhead}
+        table.save()
     return {key: net_ms(table.layers[key]) for key in requests}
 
 
@@ -212,9 +211,8 @@ def measure_network(
     """Whole-network latency (ms), timed once per :func:`network_key` and cached."""
     key = network_key(model, input_size, threads)
     if key not in table.networks:
-        with isolated(timer) as timed:
-            result = timed({key: model}, tuple(input_size), threads=threads, warmup=warmup, iters=iters,
-                           baseline=None, rounds=rounds, backends=("onnxruntime",))
+        result = timer({key: model}, tuple(input_size), threads=threads, warmup=warmup, iters=iters, baseline=None,
+                       rounds=rounds, backends=("onnxruntime",))
         table.networks[key] = _entry(result, key)
         table.save()
     return table.networks[key]["median_ms"]

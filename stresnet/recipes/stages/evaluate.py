@@ -82,7 +82,8 @@ def agreement(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
 
 def latency(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     """Batch-1 onnxruntime latency of the current model and the dense base, timed in the same run (round-robin,
-    so machine drift hits both alike) in a fresh process (:func:`~stresnet.deploy.latency.isolated`); ``speedup`` = base ms / model ms. When the arm's ``search`` stage had a
+    so machine drift hits both alike) in a fresh process (:func:`~stresnet.deploy.latency.isolated`);
+    ``speedup`` = base ms / model ms. When the arm's ``search`` stage had a
     ``latency<=`` term, ``limit_ms`` is its limit in ms (as the search's table priced it) and ``within_limit``
     says whether the measured latency is at most 10 % above it (issue #18's tolerance)."""
     from ...deploy.latency import isolated
