@@ -112,7 +112,6 @@ def stresnet_tiny(pretrained: bool = False, tag: str = "imagenette", **kwargs):
     return _create("stresnet_tiny", pretrained, tag, **kwargs)
 
 
-
 def stresnet_lite0_1p5x(pretrained: bool = False, tag: str = "kd_imagenette", **kwargs):
     """EfficientNet-Lite0 (1000 ImageNet classes) at 1/1.5 of its stored params: searched low-rank, the best arm
     (on the selection split) of recipes/efficientnet_lite0_lrs.yaml, distilled on Imagenette images only.
@@ -131,6 +130,7 @@ def stresnet_lite0_2x(pretrained: bool = False, tag: str = "kd_imagenette", **kw
     trained on ImageNet), and timm kwargs such as num_classes, in_chans or features_only.
     """
     return _create("stresnet_lite0_2x", pretrained, tag, **kwargs)
+
 
 def yolov5s_2x(pretrained: bool = False, weights: str | None = None, **kwargs):
     """YOLOv5su (ultralytics yolov5s.yaml, anchor-free) with Tucker-2 ranks searched at 1/2 of the parameters.

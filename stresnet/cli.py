@@ -64,12 +64,13 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     size = (3, args.input_size, args.input_size)
     models, references = _models(names, args.num_classes), {}
     if args.predict:  # the networks each prediction's rest is measured on, timed in this same run
-        from .deploy.latency_table import plan_for_name, plan_reference
+        from .deploy.latency_table import network_key, plan_for_name, plan_reference
 
-        plans = {n: plan_for_name(n) for n in names}
+        plans, seen = {n: plan_for_name(n) for n in names}, set()
         for n, plan in plans.items():
             ref = plan_reference(plan, size, args.num_classes, args.latency_reference)
-            if all(repr(ref) != repr(r) for r in references.values()):
+            if (key := network_key(ref, size, args.threads)) not in seen:  # the key the table stores it under
+                seen.add(key)
                 references[f"reference {len(references) + 1} (rest of {n})"] = ref
         models.update(references)
     result = bench_latency(models, size, threads=args.threads, iters=args.iters)

@@ -12,6 +12,7 @@ so every speedup is a ratio within one run.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -30,6 +31,24 @@ class _NotRebuilt(Exception):
     """The results do not say enough to rebuild this arm's architecture."""
 
 
+def _key(plan: Plan) -> str:
+    """A plan's architecture as text: equal texts, equal networks."""
+    return json.dumps({"base": plan.base, "layers": plan.layers, "surgery": plan.surgery}, sort_keys=True)
+
+
+@lru_cache(maxsize=None)
+def _uniform(like: str, step: int) -> Plan:
+    """The uniform plan at >= ``like``'s params (the recipe stage's rule); cached, since every uniform arm and seed
+    of a variant asks for the same one and each costs a search over the ratio."""
+    from ..search.uniform import uniform_plan_at_least
+
+    data = json.loads(like)
+    net = model_from_name(data["base"]["arch"], num_classes=data["base"].get("num_classes"))
+    plan = uniform_plan_at_least(net, Plan(layers=data["layers"], surgery=data["surgery"]), step=step)
+    plan.base = dict(data["base"])
+    return plan
+
+
 def arm_plan(stages: list[Mapping[str, Any]], base: Mapping[str, Any], root: Path) -> Plan:
     """The plan an arm's stages left (dense when none), from its results' ``stages``; paths are relative to
     ``root`` (the repository the recipes ran in)."""
@@ -44,12 +63,9 @@ def arm_plan(stages: list[Mapping[str, Any]], base: Mapping[str, Any], root: Pat
                 raise _NotRebuilt("a family search (its plan is a run-folder file)")
             plan = Plan(base=dict(arch), layers=dict(r["searched"]["layers"]))
         elif kind == "plan" and "uniform" in p:
-            from ..search.uniform import uniform_plan_at_least
-
             opts = p["uniform"] if isinstance(p["uniform"], dict) else {}
-            net = model_from_name(base["model"], num_classes=base.get("num_classes"))
-            plan = uniform_plan_at_least(net, plan, step=int(opts.get("step", 4)))
-            plan.base = dict(arch)
+            plan = _uniform(_key(Plan(base=dict(arch), layers=plan.layers, surgery=plan.surgery)),
+                            int(opts.get("step", 4)))
         elif kind == "plan" and "file" in p:  # the recipe's base (its head) with the file's layers, as the stage does
             plan = Plan.load(root / p["file"])
             plan.base = dict(arch)
@@ -102,21 +118,20 @@ def measure_evidence_latency(recipes_dir: Path, results_dir: Path, root: Path, o
     if not plans:
         raise ValueError(f"{results_dir}: no finished evidence arm to time")
     first = next(iter(plans.values()))
-    models, key_of = {BASE: build(Plan(base=first.base)).eval()}, {}
+    models = {BASE: build(Plan(base=first.base)).eval()}
+    first_of: dict[str, str] = {}  # architecture -> the first arm that has it (the name it is timed under)
+    timed_as = {}  # "recipe:arm" -> that name
     for (name, arm), plan in plans.items():
-        key = json.dumps({"base": plan.base, "layers": plan.layers, "surgery": plan.surgery}, sort_keys=True)
-        if key not in key_of:
-            key_of[key] = f"{name}:{arm}"
-            models[key_of[key]] = build(plan).eval()
-        key_of[f"{name}:{arm}"] = key_of[key]
+        label = timed_as[f"{name}:{arm}"] = first_of.setdefault(_key(plan), f"{name}:{arm}")
+        if label not in models:
+            models[label] = build(plan).eval()
     size = (3, int(input_size), int(input_size))
     bench = bench_latency(models, size, threads=threads, iters=iters, baseline=BASE, backends=("onnxruntime",))
     rows = {}
-    for name, arm in plans:
-        timed = bench["models"][key_of[f"{name}:{arm}"]]
-        rows[f"{name}:{arm}"] = {"median_ms": timed["onnxruntime"]["median_ms"],
-                                 "speedup": timed["onnxruntime"]["speedup"], "macs": timed["macs"],
-                                 "timed_as": key_of[f"{name}:{arm}"]}
+    for arm, label in timed_as.items():
+        timed = bench["models"][label]
+        rows[arm] = {"median_ms": timed["onnxruntime"]["median_ms"], "speedup": timed["onnxruntime"]["speedup"],
+                     "macs": timed["macs"], "timed_as": label}
     result = {"input_size": list(size), "threads": int(threads), "iters": int(iters),
               "base_ms": bench["models"][BASE]["onnxruntime"]["median_ms"], "env": bench["env"], "arms": rows,
               "skipped": {f"{n}:{a}": why for (n, a), why in skipped.items()},

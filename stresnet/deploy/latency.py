@@ -210,20 +210,16 @@ def format_latency(result: Mapping[str, Any]) -> str:
 
 
 @contextmanager
-def isolated(timer: Callable[..., dict] | None = None) -> Iterator[Callable[..., dict]]:
-    """``timer`` (default :func:`bench_latency`), run in one fresh spawned process for as long as the block lasts.
+def isolated() -> Iterator[Callable[..., dict]]:
+    """:func:`bench_latency`, run in one fresh spawned process for as long as the block lasts.
 
     Why: the same onnxruntime model timed inside a process that had just trained measured 25 % slower than in
     a fresh process a minute later on an idle machine (the 8x latency-bounded model: 6.77 vs 5.31 ms,
     ResNet-18 17.87 vs 17.06 ms; measured before the input placement was fixed, see :func:`_placed`, which
     may have been the cause). The recipe ``latency`` stage times in a clean process anyway; the models are
     pickled to it, so this costs one interpreter start per block. The caller's main module must be
-    import-safe (``if __name__ == "__main__":``), as for any spawned process. Any other ``timer`` (a test's
-    fake) runs in this process.
+    import-safe (``if __name__ == "__main__":``), as for any spawned process.
     """
-    if timer is not None and timer is not bench_latency:
-        yield timer
-        return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
