@@ -84,3 +84,20 @@ def test_the_stem_search_keeps_every_plan_within_all_four_budgets(resnet: torch.
     assert all(best.cost[m] <= limits[m] for m in limits)
     base_trial = trials[0]  # the full-width stem cannot meet pico's peak RAM at 224 px
     assert base_trial.plan is None and ("ram" in base_trial.note or "infeasible" in base_trial.note)
+
+
+def test_a_fitted_stem_survives_batchnorm_statistics_being_re_estimated(resnet: torch.nn.Module) -> None:
+    # A fine-tune normalises by batch statistics and re-estimates the running ones: the fitted projection's
+    # BatchNorm must already hold its true statistics, or the first batches move the start away from the base.
+    images = torch.randn(64, 3, 48, 48)
+    fitted = narrowed_stem(resnet, {"stem": {"width": 32, "proj": True}}, images)
+    x = torch.randn(8, 3, 48, 48)
+    before = _layer1_input(fitted, x)
+    bn = fitted.maxpool.bn
+    bn.reset_running_stats()
+    bn.momentum = None  # cumulative average over the batches seen
+    bn.train()  # the other BNs keep the base's statistics, which the fit reproduced
+    with torch.no_grad():
+        fitted.maxpool(fitted.act1(fitted.bn1(fitted.conv1(images))))  # only the stem: the BN sees every image
+    bn.eval()
+    torch.testing.assert_close(_layer1_input(fitted, x), before, rtol=1e-3, atol=1e-3)
