@@ -96,8 +96,7 @@ def latency(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     ort = {name: bench["models"][name]["onnxruntime"] for name in models}
     row = {"input_size": size, "threads": threads, "model_ms": ort["model"]["median_ms"],
            "base_ms": ort["base"]["median_ms"], "speedup": ort["model"]["speedup"],
-           "mac_ratio": bench["models"]["model"]["mac_ratio"],
-           "other_processes_cores": bench["env"]["other_processes_cores"], "env": bench["env"]}
+           "mac_ratio": bench["models"]["model"]["mac_ratio"], "env": bench["env"]}  # env: other processes' load
     searched = [s["result"].get("latency") for s in run.arm_results().get("stages", [])
                 if s.get("type") == "search" and isinstance(s.get("result"), dict)]
     limit = next((x for x in searched if x and x.get("limit_ms")), None)
