@@ -97,7 +97,6 @@ def test_a_fitted_stem_survives_batchnorm_statistics_being_re_estimated(resnet: 
     bn.reset_running_stats()
     bn.momentum = None  # cumulative average over the batches seen
     bn.train()  # the other BNs keep the base's statistics, which the fit reproduced
-    with torch.no_grad():
-        fitted.maxpool(fitted.act1(fitted.bn1(fitted.conv1(images))))  # only the stem: the BN sees every image
+    _layer1_input(fitted, images)  # only the stem: the BN sees every image
     bn.eval()
     torch.testing.assert_close(_layer1_input(fitted, x), before, rtol=1e-3, atol=1e-3)
