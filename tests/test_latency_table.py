@@ -204,12 +204,13 @@ def test_table_file_is_readable_json(tmp_path: Path) -> None:
     measure_layers(LatencyTable(tmp_path / "t.json", ENV), {"k": (sig, {"type": "full"})}, threads=1,
                    timer=FakeTimer())
     data = json.loads((tmp_path / "t.json").read_text())
-    assert data["format"] == "stresnet-latency/2" and data["env"] == ENV and set(data["layers"]) == {"k"}
+    assert data["format"] == "stresnet-latency/3" and data["env"] == ENV and set(data["layers"]) == {"k"}
     assert data["layers"]["k"]["overhead_ms"] == 0.25  # the anchor's median of the same call
     old = tmp_path / "old.json"
-    old.write_text(json.dumps({**data, "format": "stresnet-latency/1"}))
-    with pytest.raises(LatencyError, match="measure a new one"):  # unanchored entries are never mixed in
-        LatencyTable.load(old, ENV)
+    for older in ("stresnet-latency/1", "stresnet-latency/2"):  # unanchored, or timed without the subnormal flush
+        old.write_text(json.dumps({**data, "format": older}))
+        with pytest.raises(LatencyError, match="measure a new one"):  # never mixed in
+            LatencyTable.load(old, ENV)
 
 
 def test_search_run_reports_predicted_latency(tree: Path, tmp_path: Path) -> None:
@@ -263,7 +264,7 @@ def test_bench_latency_predict_runs_end_to_end_on_this_machine(tmp_path: Path, c
     assert set(rows) == {"resnet18", "stresnet18_32x"} and all(r["predicted_ms"] > 0 for r in rows.values())
     assert any(name.startswith("reference 1") for name in first["models"])
     table = json.loads(cache.read_text())
-    assert table["format"] == "stresnet-latency/2" and table["layers"]
+    assert table["format"] == "stresnet-latency/3" and table["layers"]
     assert all("overhead_ms" in e for e in table["layers"].values())
     layers = dict(table["layers"])
     assert main(args) == 0
@@ -283,3 +284,50 @@ def test_the_timed_input_sits_at_one_fixed_unaligned_place() -> None:
         y = _placed(x)
         assert np.array_equal(x, y) and y.shape == x.shape and y.dtype == x.dtype
         assert y.ctypes.data % (1 << 16) == INPUT_OFFSET
+
+
+def _subnormal_onnx(path: Path) -> tuple[Path, torch.Tensor]:
+    """A Linear whose outputs on its input are subnormal floats (about 1e-40), exported to ONNX."""
+    from stresnet.deploy.export import export_onnx
+
+    lin = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(1e-20)
+    return export_onnx(lin.eval(), path, (4,), dynamic_batch=False), torch.full((1, 4), 1e-20)
+
+
+def test_timed_sessions_compute_subnormals_as_zero_and_the_process_gets_ieee_back(tmp_path: Path) -> None:
+    """Subnormal arithmetic is tens of times slower on x86 and random weights reach it in some draws only:
+    a session timed the way bench_latency times it flushes it; afterwards parity and accuracy sessions get
+    IEEE results again (the calling thread's mode is restored)."""
+    from stresnet.deploy.export import ort_session
+    from stresnet.deploy.latency import subnormals_flushed
+
+    path, x = _subnormal_onnx(tmp_path / "sub.onnx")
+    feed = x.numpy()
+    with subnormals_flushed():
+        flushed = ort_session(path, 2, denormal_as_zero=True)
+        assert (flushed.run(None, {flushed.get_inputs()[0].name: feed})[0] == 0).all()
+    plain = ort_session(path, 2)
+    out = plain.run(None, {plain.get_inputs()[0].name: feed})[0]
+    assert 0 < abs(out).min() < torch.finfo(torch.float32).tiny  # a plain session computes the subnormal
+
+
+def test_bench_latency_times_with_subnormals_flushed(monkeypatch) -> None:
+    """Every session bench_latency times is a flushing one (the fix for tables that disagreed between
+    processes), the calling thread flushes while it times and is back to IEEE afterwards."""
+    import stresnet.deploy.latency as latency
+
+    seen, real = [], latency.ort_session
+    flush_during = []
+
+    def spy(path, threads=None, denormal_as_zero=False):
+        seen.append(denormal_as_zero)
+        flush_during.append(torch.tensor([1e-40]).item() == 0.0)
+        return real(path, threads, denormal_as_zero)
+
+    monkeypatch.setattr(latency, "ort_session", spy)
+    result = latency.bench_latency({"a": nn.Linear(4, 2), "b": nn.Linear(4, 3)}, (4,), iters=2, warmup=1,
+                                   rounds=1, baseline=None, backends=("onnxruntime",))
+    assert seen == [True, True] and result["env"]["denormal_as_zero"] is True
+    assert all(flush_during) and torch.tensor([1e-40]).item() != 0.0

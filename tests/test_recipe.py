@@ -427,7 +427,7 @@ def test_latency_budget_in_a_recipe_is_timed_priced_and_checked(tree, tmp_path):
     assert priced["cost_size"] == 32 and priced["limit_ms"] == pytest.approx(0.8 * priced["dense_ms"])
     assert priced["predicted_ms"] <= priced["limit_ms"] + 1e-9
     table = json.loads((tmp_path / "runs" / "fast" / "search" / "latency_table.json").read_text())
-    assert table["format"] == "stresnet-latency/2" and table["layers"] and table["networks"]
+    assert table["format"] == "stresnet-latency/3" and table["layers"] and table["networks"]
     assert timed["limit_ms"] == priced["limit_ms"] and timed["input_size"] == 32
     assert timed["speedup"] == pytest.approx(timed["base_ms"] / timed["model_ms"])
     assert timed["within_limit"] == (timed["model_ms"] <= 1.1 * timed["limit_ms"])

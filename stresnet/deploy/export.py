@@ -72,12 +72,18 @@ def onnx_ops(path: str | Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def ort_session(path: str | Path, threads: int | None = None):
-    """An onnxruntime CPU session (sequential execution, ``threads`` intra-op threads when given)."""
+def ort_session(path: str | Path, threads: int | None = None, denormal_as_zero: bool = False):
+    """An onnxruntime CPU session (sequential execution, ``threads`` intra-op threads when given).
+
+    ``denormal_as_zero`` flushes subnormal floats to zero (the CPU's FTZ/DAZ modes), as latency benchmarks want:
+    see :func:`stresnet.deploy.latency.bench_latency`. Outputs change by less than the smallest normal float.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if denormal_as_zero:
+        opts.add_session_config_entry("session.set_denormal_as_zero", "1")
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:

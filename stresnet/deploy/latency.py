@@ -18,7 +18,7 @@ from ..utils.modes import eval_mode
 from .export import export_onnx, ort_session
 from .tables import text_table
 
-__all__ = ["bench_latency", "format_latency", "isolated"]
+__all__ = ["bench_latency", "format_latency", "isolated", "subnormals_flushed"]
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -57,6 +57,22 @@ def _placed(x: np.ndarray) -> np.ndarray:
     return out
 
 
+@contextmanager
+def subnormals_flushed() -> Iterator[None]:
+    """Subnormal floats flushed to zero on the calling thread for the block, IEEE behaviour again after it.
+
+    Why both this and onnxruntime's ``session.set_denormal_as_zero``: the session option reaches the session's
+    worker threads, but the calling thread (which computes its share of every 2-thread op) takes the option of
+    the first session the process ever created, whatever later sessions ask for.
+    """
+    supported = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if supported:  # the default is off; leave the process as parity and accuracy checks expect it
+            torch.set_flush_denormal(False)
+
+
 def bench_latency(
     models: Mapping[str, nn.Module],
     input_size: Sequence[int] = (3, 128, 128),
@@ -74,7 +90,12 @@ def bench_latency(
     directory) with ``intra_op_num_threads=threads``. One backend is timed at a
     time, and its ``iters`` timed runs per model are spread over ``rounds``
     round-robin rounds (every model once per round), so drifts in machine load
-    affect all models alike. Every (round, model) block starts with ``warmup``
+    affect all models alike. Both backends flush subnormal floats to zero (onnxruntime's
+    ``session.set_denormal_as_zero``, ``torch.set_flush_denormal``): arithmetic on subnormals is tens of times
+    slower on x86, and random-weight networks (every table entry and ``bench latency`` model) underflow into them
+    in some draws and not in others. Measured here: the same random-initialised pico at 224 px took 4.2 ms in
+    about one process in five and 2.4 ms in the rest; with the flush every process measured 2.3-2.5 ms. That
+    was the machine "state" that made tables disagree between processes. Every (round, model) block starts with ``warmup``
     untimed runs, and an onnxruntime session lives for one block only: each
     session owns a thread pool whose workers spin after a run, and with several
     sessions alive the idle ones' spinning steals the cores of the one being
@@ -108,7 +129,8 @@ def bench_latency(
     macs = {name: profile(model, input_size).macs for name, model in models.items()}
     try:
         torch.set_num_threads(int(threads))
-        with eval_mode(*models.values()), tempfile.TemporaryDirectory(prefix="stresnet-bench-") as tmp:
+        with eval_mode(*models.values()), subnormals_flushed(), \
+                tempfile.TemporaryDirectory(prefix="stresnet-bench-") as tmp:
             onnx_files = ({name: export_onnx(model, Path(tmp) / f"m{i}.onnx", input_size, dynamic_batch=False)
                            for i, (name, model) in enumerate(models.items())} if "onnxruntime" in backends else {})
             with torch.inference_mode():
@@ -118,7 +140,7 @@ def bench_latency(
                             if backend == "torch":
                                 run: Callable[[], Any] = (lambda m=model: m(x))
                             else:
-                                sess = ort_session(onnx_files[name], threads)
+                                sess = ort_session(onnx_files[name], threads, denormal_as_zero=True)
                                 feed = {sess.get_inputs()[0].name: x_np}
                                 run = (lambda s=sess, f=feed: s.run(None, f))
                             for _ in range(max(warmup, 1)):
@@ -169,6 +191,7 @@ def bench_latency(
             "onnxruntime": onnxruntime.__version__,
             "cpu": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
+            "denormal_as_zero": True,
             # cores' worth of CPU time that other processes used while the bench ran
             "other_processes_cores": other_cores,
         },

@@ -23,13 +23,13 @@ rounds, and a layer's latency is its median minus that chunk's anchor median (:f
 Options of one layer that land in different chunks (a search times thousands) then compare without
 each chunk's overhead, and ``rest`` is what the network pays besides its searched layers, positive.
 
-The larger errors came from state: the same small model measured 2.3 ms in one run and 4.2 ms in
-another (pico at 224 px), while ResNet-18 moved by 4 %, and a layer timed alone could take 3.6x
-longer in one process than in another, depending on where the process's earlier allocations left
-the input in memory (fixed since: :func:`stresnet.deploy.latency._placed`). A reference timed in one
-state and networks checked in another put that difference into every prediction (one run's pico
-prediction was off by 55 %). ``stresnet bench latency --predict`` therefore times each plan's
-reference network in the same run as the networks it checks (:func:`adopt_networks`).
+The larger errors came from what looked like machine state: the same small model measured 2.3 ms in
+one run and 4.2 ms in another (pico at 224 px), while ResNet-18 moved by 4 %. The cause was subnormal
+floats: random weights (every entry here is timed with random weights) underflow into them in some
+draws, and x86 computes on them tens of times slower. Timing now flushes them to zero (see
+:func:`~stresnet.deploy.latency.bench_latency`; tables timed without the flush are format /2 and are
+refused). ``stresnet bench latency --predict`` also times each plan's reference network in the same
+run as the networks it checks (:func:`adopt_networks`), so what drift is left is shared.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ from .tables import text_table
 __all__ = ["FORMAT", "ANCHOR", "LatencyTable", "CallOverhead", "net_ms", "layer_module", "measure_layers",
            "measure_network", "latency_costs", "search_latency", "predict_plan", "plan_reference", "adopt_networks", "plan_for_name", "predict_vs_measured", "format_prediction"]
 
-FORMAT = "stresnet-latency/2"  # /2: layer entries carry their chunk's call overhead
+FORMAT = "stresnet-latency/3"  # /2: layer entries carry their chunk's call overhead; /3: timed with subnormals flushed
 Reference = Literal["floor", "dense"]
 FLOOR_RANK = 8  # the reference's Tucker-2 ranks: the smallest grid step the search offers
 CHUNK = 24  # layers timed per bench_latency call: the cache is saved after each, so an interrupted fill keeps most
