@@ -73,7 +73,7 @@ def _cmd_latency(args: argparse.Namespace) -> int:
                 seen.add(key)
                 references[f"reference {len(references) + 1} (rest of {n})"] = ref
         models.update(references)
-    result = bench_latency(models, size, threads=args.threads, iters=args.iters)
+    result = bench_latency(models, size, threads=args.threads, iters=args.iters, rounds=args.rounds)
     text = format_latency(result)
     if args.predict:  # predicted from per-layer tables vs measured in this run
         import os
@@ -728,7 +728,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--num-classes", type=int, default=10)
     b.add_argument("--input-size", type=int, default=128)
     b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--iters", type=int, default=50)
+    b.add_argument("--iters", type=int, default=100, help="timed runs per model and backend")
+    b.add_argument("--rounds", type=int, default=10,
+                   help="round-robin rounds the runs are spread over (so load bursts hit every model alike)")
     b.add_argument("--json", action="store_true")
     b.add_argument("--predict", action="store_true",
                    help="also predict each model's onnxruntime latency from per-layer timings and print the error")

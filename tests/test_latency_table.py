@@ -38,8 +38,9 @@ class FakeTimer:
         overhead = self.overheads[self.calls % len(self.overheads)]
         self.calls += 1
         self.timed += [name for name in models if name != ANCHOR]
-        return {"models": {name: {"onnxruntime": {"median_ms": profile(m, tuple(input_size)).macs / 1e6 + overhead,
-                                                  "samples": 3}} for name, m in models.items()},
+        return {"models": {name: {"onnxruntime": {"median_ms": (ms := profile(m, tuple(input_size)).macs / 1e6
+                                                                 + overhead), "p10_ms": ms, "samples": 3}}
+                           for name, m in models.items()},
                 "env": {"other_processes_cores": 0.0}}
 
 
@@ -174,7 +175,8 @@ def test_prediction_is_exact_when_latency_is_additive(tmp_path: Path) -> None:
     predict_plan(LatencyTable.load(tmp_path / "t.json", ENV), plan, size, threads=2, timer=again)
     assert again.timed == []  # every layer and both reference networks came from the cache file
     measured = 2 * (truth + 0.25)
-    bench = {"input_size": list(size), "threads": 2, "models": {"m": {"onnxruntime": {"median_ms": measured}}}}
+    bench = {"input_size": list(size), "threads": 2,
+             "models": {"m": {"onnxruntime": {"median_ms": measured, "p10_ms": measured}}}}
     rows = predict_vs_measured(bench, {"m": plan}, table, timer=again)
     assert rows["m"]["rel_error"] == pytest.approx(-0.5)
     assert "-50.0%" in format_prediction(rows)
@@ -243,7 +245,7 @@ def test_a_reference_timed_in_the_bench_run_is_the_one_the_prediction_uses(tmp_p
     truth = predict_plan(table, plan, size, threads=2, timer=FakeTimer())["predicted_ms"]
     ref = plan_reference(plan, size, reference="floor")
     bench = {"input_size": size, "threads": 2, "env": {"other_processes_cores": 0.0},
-             "models": {"ref": {"onnxruntime": {"median_ms": 100.0, "samples": 50}}}}
+             "models": {"ref": {"onnxruntime": {"median_ms": 100.0, "p10_ms": 100.0, "samples": 50}}}}
     adopt_networks(table, bench, {"ref": ref})  # the state of this run: every network 100 ms slower, say
     timer = FakeTimer()
     shifted = predict_plan(LatencyTable.load(tmp_path / "t.json", ENV), plan, size, threads=2, timer=timer)

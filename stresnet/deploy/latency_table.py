@@ -13,13 +13,14 @@ with the searched layers of the reference at small Tucker-2 ranks (``reference="
 default) or dense (``"dense"``, the base itself). The floor keeps both terms small: with the dense
 base, ``rest`` is the difference of two numbers ~10x larger than a compressed model's latency, and
 their timing noise lands on it whole. Timing is :func:`stresnet.deploy.latency.bench_latency`'s
-(medians over round-robin rounds, one onnxruntime session alive at a time).
+(round-robin rounds, one onnxruntime session alive at a time), read as the 10th percentile of each
+model's samples (:data:`~stresnet.deploy.latency.QUIET`: the machine's quiet latency).
 
 A layer timed alone also pays one onnxruntime call (binding, output allocation, waking the thread
 pool): tens of microseconds, as much as a small factorised layer computes, and it drifts with the
 machine's state. Every chunk of layers is therefore timed together with an anchor,
 :class:`CallOverhead` (one call with almost no compute) on the same input, in the same round-robin
-rounds, and a layer's latency is its median minus that chunk's anchor median (:func:`net_ms`).
+rounds, and a layer's latency is its p10 minus that chunk's anchor p10 (:func:`net_ms`).
 Options of one layer that land in different chunks (a search times thousands) then compare without
 each chunk's overhead, and ``rest`` is what the network pays besides its searched layers, positive.
 
@@ -30,6 +31,8 @@ draws, and x86 computes on them tens of times slower. Timing now flushes them to
 :func:`~stresnet.deploy.latency.bench_latency`; tables timed without the flush are format /2 and are
 refused). ``stresnet bench latency --predict`` also times each plan's reference network in the same
 run as the networks it checks (:func:`adopt_networks`), so what drift is left is shared.
+What was left is the VM itself: it loses most of its second core in bursts, which the median
+sees and the p10 does not (see :data:`~stresnet.deploy.latency.QUIET`).
 """
 from __future__ import annotations
 
@@ -48,13 +51,13 @@ from ..search.latency_costs import FULL, LatencyCosts, LatencyError, LayerSignat
 from ..search.pipeline import SearchSpace, decomposable_convs, input_shapes
 from ..utils.io import atomic_write_json
 from ..utils.provenance import cpu_model
-from .latency import bench_latency
+from .latency import QUIET, bench_latency
 from .tables import text_table
 
 __all__ = ["FORMAT", "ANCHOR", "LatencyTable", "CallOverhead", "net_ms", "layer_module", "measure_layers",
            "measure_network", "latency_costs", "search_latency", "predict_plan", "plan_reference", "adopt_networks", "plan_for_name", "predict_vs_measured", "format_prediction"]
 
-FORMAT = "stresnet-latency/3"  # /2: layer entries carry their chunk's call overhead; /3: timed with subnormals flushed
+FORMAT = "stresnet-latency/3"  # /2: entries carry their chunk's call overhead; /3: subnormals flushed, "ms" = p10
 Reference = Literal["floor", "dense"]
 FLOOR_RANK = 8  # the reference's Tucker-2 ranks: the smallest grid step the search offers
 CHUNK = 24  # layers timed per bench_latency call: the cache is saved after each, so an interrupted fill keeps most
@@ -74,7 +77,8 @@ def runtime_env() -> dict[str, Any]:
 
 class LatencyTable:
     """A JSON cache of measured latencies: ``layers`` by :meth:`LayerSignature.key`, ``networks`` by
-    :func:`network_key`, each ``{"median_ms", "samples", "other_cores"}`` (``other_cores``: how many cores'
+    :func:`network_key`, each ``{"ms", "median_ms", "samples", "other_cores"}`` (``ms``: the
+    :data:`~stresnet.deploy.latency.QUIET` statistic every prediction uses; ``other_cores``: how many cores'
     worth of CPU other processes used while it was timed; above ~0.25 the value is suspect); a layer's
     entry adds ``overhead_ms``, its chunk's :class:`CallOverhead` median (see :func:`net_ms`).
 
@@ -133,8 +137,8 @@ class CallOverhead(nn.Module):
 
 
 def net_ms(entry: Mapping[str, float]) -> float:
-    """A layer's own latency: its median minus its chunk's call overhead (never below zero)."""
-    return max(0.0, float(entry["median_ms"]) - float(entry.get("overhead_ms", 0.0)))
+    """A layer's own latency: its p10 minus its chunk's call overhead (never below zero)."""
+    return max(0.0, float(entry["ms"]) - float(entry.get("overhead_ms", 0.0)))
 
 
 def layer_module(sig: LayerSignature, spec: Mapping[str, Any]) -> nn.Module:
@@ -154,7 +158,7 @@ def layer_module(sig: LayerSignature, spec: Mapping[str, Any]) -> nn.Module:
 
 def _entry(result: Mapping[str, Any], name: str) -> dict[str, float]:
     row = result["models"][name]["onnxruntime"]
-    return {"median_ms": float(row["median_ms"]), "samples": int(row["samples"]),
+    return {"ms": float(row[QUIET]), "median_ms": float(row["median_ms"]), "samples": int(row["samples"]),
             "other_cores": result["env"].get("other_processes_cores")}
 
 
@@ -164,7 +168,7 @@ def measure_layers(
     threads: int,
     warmup: int = 5,
     iters: int = 30,
-    rounds: int = 3,
+    rounds: int = 5,
     timer: Timer = bench_latency,
     progress: bool = False,
 ) -> dict[str, float]:
@@ -185,7 +189,7 @@ def measure_layers(
         models = {ANCHOR: CallOverhead(), **{key: layer_module(*requests[key]) for key in keys}}
         result = timer(models, shape, threads=threads, warmup=warmup, iters=iters, baseline=None, rounds=rounds,
                        backends=("onnxruntime",))
-        overhead = _entry(result, ANCHOR)["median_ms"]
+        overhead = _entry(result, ANCHOR)["ms"]
         for key in keys:
             table.layers[key] = {**_entry(result, key), "overhead_ms": overhead}
         table.save()
@@ -215,7 +219,7 @@ def measure_network(
                        rounds=rounds, backends=("onnxruntime",))
         table.networks[key] = _entry(result, key)
         table.save()
-    return table.networks[key]["median_ms"]
+    return table.networks[key]["ms"]
 
 
 def reference_spec(sig: LayerSignature, reference: Reference) -> dict:
@@ -348,7 +352,7 @@ def predict_vs_measured(
     out = {}
     for name, plan in plans.items():
         pred = predict_plan(table, plan, bench["input_size"], bench["threads"], num_classes, reference, timer)
-        measured = bench["models"][name]["onnxruntime"]["median_ms"]
+        measured = bench["models"][name]["onnxruntime"][QUIET]
         out[name] = {**pred, "measured_ms": measured, "rel_error": (pred["predicted_ms"] - measured) / measured}
     return out
 
@@ -357,7 +361,8 @@ def format_prediction(rows: Mapping[str, Mapping[str, float]], table: LatencyTab
     """A text table: predicted vs measured onnxruntime ms and the relative error per model."""
     body = [[name, f"{r['predicted_ms']:.2f}", f"{r['measured_ms']:.2f}", f"{100 * r['rel_error']:+.1f}%",
              f"{r['rest_ms']:.2f}", str(r["layers"])] for name, r in rows.items()]
-    lines = ["predicted (rest + sum of layers timed alone) vs measured onnxruntime latency",
+    lines = ["predicted (rest + sum of layers timed alone) vs measured onnxruntime latency, both the p10 of their "
+             "samples (the machine's quiet latency)",
              *text_table(["model", "predicted ms", "measured ms", "error", "rest ms", "layers"], body)]
     if rows:
         worst = max(abs(r["rel_error"]) for r in rows.values())
