@@ -295,3 +295,32 @@ def test_frozen_bn_keeps_the_running_statistics_and_still_learns_scale_and_shift
     assert any(not torch.equal(before[k], after[k]) for k in stats)
     with pytest.raises(ValueError, match="TrainConfig.bn must be one of train, frozen"):
         TrainConfig(bn="off")
+
+
+def test_mixup_shows_teacher_and_student_the_same_mixed_images(tree, tmp_path):
+    """``mixup``: a distillation on few classes matches the teacher between them too, so both models must see one
+    and the same mixed batch; without it they see the loader's images."""
+    from torch import nn
+
+    class Recorder(nn.Module):
+        def __init__(self, inner: nn.Module, seen: list, always: bool) -> None:
+            super().__init__()
+            self.inner, self.seen, self.always = inner, seen, always
+
+        def forward(self, x):
+            if self.always or self.training:  # the student's training forwards; every teacher forward
+                self.seen.append(x.detach().clone())
+            return self.inner(x)
+
+    batches = {}
+    for alpha in (0.0, 1.0):
+        student, teacher = _dropout_resnet(0)
+        seen_s, seen_t = [], []
+        finetune(Recorder(student, seen_s, False), Recorder(teacher, seen_t, True), tree / "train", tree / "val",
+                 tmp_path / str(alpha), TrainConfig(epochs=1, mixup=alpha, **BASE), progress=False)
+        assert len(seen_s) == len(seen_t) == 4  # the epoch's 4 updates
+        assert all(torch.equal(a, b) for a, b in zip(seen_s, seen_t))
+        batches[alpha] = seen_s
+    assert not any(torch.equal(a, b) for a, b in zip(batches[0.0], batches[1.0]))  # mixed, not the loader's
+    with pytest.raises(ValueError, match="TrainConfig.mixup must be >= 0"):
+        TrainConfig(mixup=-1.0)

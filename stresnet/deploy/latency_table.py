@@ -57,7 +57,8 @@ from .tables import text_table
 __all__ = ["FORMAT", "ANCHOR", "LatencyTable", "CallOverhead", "net_ms", "layer_module", "measure_layers",
            "measure_network", "latency_costs", "search_latency", "predict_plan", "plan_reference", "adopt_networks", "plan_for_name", "predict_vs_measured", "format_prediction"]
 
-FORMAT = "stresnet-latency/3"  # /2: entries carry their chunk's call overhead; /3: subnormals flushed, "ms" = p10
+FORMAT = "stresnet-latency/3"  # /2: entries carry their chunk's call overhead; /3: subnormals flushed, "ms":
+# the median over passes of the p10 (see measure_layers)
 Reference = Literal["floor", "dense"]
 FLOOR_RANK = 8  # the reference's Tucker-2 ranks: the smallest grid step the search offers
 CHUNK = 24  # layers timed per bench_latency call: the cache is saved after each, so an interrupted fill keeps most
@@ -91,6 +92,7 @@ class LatencyTable:
         self.env = dict(env) if env is not None else None
         self.layers: dict[str, dict[str, float]] = {}
         self.networks: dict[str, dict[str, float]] = {}
+        self.pending: dict[str, list[dict[str, float]]] = {}  # passes timed so far of layers not yet complete
 
     @classmethod
     def load(cls, path: str | Path, env: Mapping[str, Any] | None = None) -> "LatencyTable":
@@ -115,12 +117,13 @@ class LatencyTable:
                                "use another file")
         table.layers = dict(data.get("layers", {}))
         table.networks = dict(data.get("networks", {}))
+        table.pending = {k: list(v) for k, v in data.get("pending", {}).items()}
         return table
 
     def save(self) -> None:
         if self.path is not None:
             atomic_write_json(self.path, {"format": FORMAT, "env": self.env, "layers": self.layers,
-                                          "networks": self.networks})
+                                          "networks": self.networks, "pending": self.pending})
 
     def busy_entries(self, threshold: float = 0.25) -> int:
         """How many entries were timed while other processes used more than ``threshold`` cores."""
@@ -175,23 +178,41 @@ def measure_layers(
     """Latency (ms, :func:`net_ms`: without the call overhead) of each requested ``key: (signature, spec)``;
     only keys the table lacks are timed.
 
-    Layers sharing an input shape are timed together with a :class:`CallOverhead` anchor (round-robin, so
-    load drift hits them alike); the table is saved after every chunk.
+    Layers sharing an input shape are timed together with a :class:`CallOverhead` anchor, in ``rounds``
+    passes over every missing layer (``iters / rounds`` runs each per pass), so a layer's samples are spread
+    over the whole fill rather than the second its chunk takes: a burst in which the VM loses a core then
+    spoils one pass of a layer, not all of them. An entry is the median over passes of each pass's p10 (and
+    its anchor's likewise). Passes done are saved in the table's ``pending`` part after every chunk, so an
+    interrupted fill resumes where it stopped.
     """
+    import statistics
+
     from tqdm import tqdm
 
-    missing: dict[tuple[int, ...], list[str]] = {}
-    for key, (sig, _) in requests.items():
-        if key not in table.layers:
-            missing.setdefault(sig.input_shape, []).append(key)
-    chunks = [(shape, keys[i:i + CHUNK]) for shape, keys in missing.items() for i in range(0, len(keys), CHUNK)]
-    for shape, keys in tqdm(chunks, desc="latency table", disable=not progress or not chunks, leave=False):
-        models = {ANCHOR: CallOverhead(), **{key: layer_module(*requests[key]) for key in keys}}
-        result = timer(models, shape, threads=threads, warmup=warmup, iters=iters, baseline=None, rounds=rounds,
-                       backends=("onnxruntime",))
-        overhead = _entry(result, ANCHOR)["ms"]
-        for key in keys:
-            table.layers[key] = {**_entry(result, key), "overhead_ms": overhead}
+    missing = [key for key in requests if key not in table.layers]
+    per_pass = max(1, iters // rounds)
+    for done in range(rounds):
+        by_shape: dict[tuple[int, ...], list[str]] = {}
+        for key in missing:
+            if len(table.pending.get(key, [])) <= done:
+                by_shape.setdefault(requests[key][0].input_shape, []).append(key)
+        chunks = [(shape, keys[i:i + CHUNK]) for shape, keys in by_shape.items() for i in range(0, len(keys), CHUNK)]
+        for shape, keys in tqdm(chunks, desc=f"latency table, pass {done + 1}/{rounds}",
+                                disable=not progress or not chunks, leave=False):
+            models = {ANCHOR: CallOverhead(), **{key: layer_module(*requests[key]) for key in keys}}
+            result = timer(models, shape, threads=threads, warmup=warmup, iters=per_pass, baseline=None, rounds=1,
+                           backends=("onnxruntime",))
+            overhead = _entry(result, ANCHOR)["ms"]
+            for key in keys:
+                table.pending.setdefault(key, []).append({**_entry(result, key), "overhead_ms": overhead})
+            table.save()
+    for key in missing:
+        passes = table.pending.pop(key)
+        table.layers[key] = {
+            **{f: statistics.median(r[f] for r in passes) for f in ("ms", "overhead_ms", "median_ms")},
+            "samples": sum(r["samples"] for r in passes), "passes": len(passes),
+            "other_cores": max((r["other_cores"] for r in passes if r["other_cores"] is not None), default=None)}
+    if missing:
         table.save()
     return {key: net_ms(table.layers[key]) for key in requests}
 

@@ -41,6 +41,8 @@ class TrainConfig:
     kd_T: float = _opt(4.0, "distillation temperature")
     kd_alpha: float = _opt(0.5, "weight of the distillation term (0: label-smoothed CE only), in [0, 1]")
     label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy term")
+    mixup: float = _opt(0.0, "timm Mixup/CutMix alpha (0: off): teacher and student see the same mixed image, so a "
+                             "distillation on few classes also matches the teacher on content between them")
     optimizer: str = _opt("sgd", "timm optimizer name: sgd (Nesterov momentum), momentum (plain), adamw, ...")
     amp: bool | None = _opt(None, "mixed precision (default: on when training on CUDA; bf16 if supported)")
     channels_last: bool = _opt(False, "channels-last memory format")
@@ -63,6 +65,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "input_size", "log_every", "eval_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.mixup < 0:
+            raise ValueError(f"TrainConfig.mixup must be >= 0, got {self.mixup!r}")
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise ValueError(f"TrainConfig.kd_alpha must be in [0, 1], got {self.kd_alpha!r}")
         if self.train_on not in TRAIN_ON:

@@ -70,7 +70,7 @@ CKPT_FORMAT = "stresnet-train/1"
 # config fields that change the training trajectory: resuming with other values
 # warns and rebuilds the LR schedule from the new config.
 _TRAJECTORY = ("epochs", "lr", "min_lr", "weight_decay", "momentum", "batch_size", "input_size", "warmup_epochs",
-               "seed", "kd_T", "kd_alpha", "label_smoothing", "optimizer", "max_steps_per_epoch", "train_on")
+               "seed", "kd_T", "kd_alpha", "label_smoothing", "optimizer", "max_steps_per_epoch", "train_on", "mixup")
 # test hook: seconds to sleep after each optimizer step (makes kill -9 tests deterministic)
 _STEP_SLEEP_ENV = "STRESNET_TRAIN_STEP_SLEEP"
 
@@ -295,6 +295,7 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
     if world > 1:
         model = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if cuda else None)
 
+    mix = _mixup(student, cfg, device) if cfg.mixup > 0 else None
     step_sleep = float(os.environ.get(_STEP_SLEEP_ENV, "0") or 0)
     last_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
     if start_epoch < last_epoch:
@@ -315,14 +316,17 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
                 break
             x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             y = y.to(device, non_blocking=True)
+            smoothing = cfg.label_smoothing
+            if mix is not None and len(x) % 2 == 0:  # timm's Mixup pairs the batch with its reverse
+                x, y = mix(x, y)  # y: soft targets, label smoothing already in them
+                smoothing = 0.0
             with _autocast(device, amp_dtype):
                 t_logits = None
                 if use_teacher:
                     with torch.no_grad():
                         t_logits = teacher(x)
                 s_logits = model(x)
-            loss = kd_loss(s_logits, t_logits, y, T=cfg.kd_T, alpha=cfg.kd_alpha,
-                           label_smoothing=cfg.label_smoothing)
+            loss = kd_loss(s_logits, t_logits, y, T=cfg.kd_T, alpha=cfg.kd_alpha, label_smoothing=smoothing)
             for hook in hooks:
                 extra = hook.extra_loss(student)
                 if extra is not None:
@@ -393,6 +397,17 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
 
 
 # ----------------------------------------------------------------------------- command line
+
+def _mixup(student: nn.Module, cfg: TrainConfig, device: torch.device):
+    """timm's Mixup/CutMix (alpha ``cfg.mixup`` for both, one of them per batch) for ``student``'s class count,
+    read from one eval-mode forward (a factorised head has no ``num_classes`` attribute to trust)."""
+    from timm.data import Mixup
+
+    with eval_mode(student), torch.no_grad():
+        classes = student(torch.zeros(1, 3, cfg.input_size, cfg.input_size, device=device)).shape[1]
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.mixup, label_smoothing=cfg.label_smoothing,
+                 num_classes=classes)
+
 
 def build_models(model: str, num_classes: int | None = None, plan: str | Path | None = None,
                  checkpoint: str | Path | None = None, seed: int = 0) -> tuple[nn.Module, nn.Module]:
