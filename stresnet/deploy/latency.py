@@ -40,11 +40,12 @@ def _machine_busy_seconds() -> float | None:
 QUIET = "p10_ms"
 """The statistic latency tables, predictions and latency budgets use: the 10th percentile of a model's samples.
 
-Why not the median: this 2-vCPU VM loses most of its second core for bursts of ~0.1 s to ~10 s (not visible as
-steal time), and in those bursts a 2-thread small network runs at its 1-thread speed (pico at 224 px: 4.2-5.7
-instead of 2.4 ms, ResNet-18 +1-2 ms). Measured here over six fresh runs of 100 samples in 10 rounds, the p10
-of pico ranged 2.34-2.51 ms and its median 2.42-2.98 ms, so a per-layer table and the whole network it
-predicts agree on the p10 (the machine's quiet latency) and not on the median. Speedups stay median-based.
+Why not the median: this 2-vCPU VM loses most of its second core for spells of a fraction of a second to
+minutes (not visible as steal time), and in them a 2-thread small network runs at about its 1-thread speed
+(pico at 224 px: 4.2-5.7 instead of 2.4 ms, ResNet-18 +1-2 ms). Measured here over six fresh runs of 100
+samples in 10 rounds, the p10 of pico ranged 2.34-2.51 ms and its median 2.42-2.98 ms: short spells move the
+p10 less. A spell longer than a whole run moves it as much as the median (seen: pico p10 4.1-4.3 ms in such
+runs). Speedups stay median-based.
 """
 
 INPUT_OFFSET = 1024 + 3 * 64  # bytes past a 64 KiB boundary where the timed input sits (see _placed)
@@ -104,8 +105,8 @@ def bench_latency(
     ``session.set_denormal_as_zero``, ``torch.set_flush_denormal``): arithmetic on subnormals is tens of times
     slower on x86, and random-weight networks (every table entry and ``bench latency`` model) underflow into them
     in some draws and not in others. Measured here: the same random-initialised pico at 224 px took 4.2 ms in
-    about one process in five and 2.4 ms in the rest; with the flush every process measured 2.3-2.5 ms. That
-    was the machine "state" that made tables disagree between processes. Every (round, model) block starts with ``warmup``
+    about one process in five and 2.4 ms in the rest; with the flush, ten processes in a row measured 2.3-2.5
+    ms. Every (round, model) block starts with ``warmup``
     untimed runs, and an onnxruntime session lives for one block only: each
     session owns a thread pool whose workers spin after a run, and with several
     sessions alive the idle ones' spinning steals the cores of the one being
@@ -175,8 +176,9 @@ def bench_latency(
             row["mac_ratio"] = macs[baseline] / macs[name] if macs[name] else float("inf")
         for backend in backends:
             t = times[name, backend]
-            row[backend] = {"median_ms": statistics.median(t), "p90_ms": float(np.percentile(t, 90)), "p10_ms": float(np.percentile(t, 10)),
-                            "mean_ms": statistics.fmean(t), "min_ms": min(t), "samples": len(t)}
+            row[backend] = {"median_ms": statistics.median(t), "p90_ms": float(np.percentile(t, 90)),
+                            "p10_ms": float(np.percentile(t, 10)), "mean_ms": statistics.fmean(t), "min_ms": min(t),
+                            "samples": len(t)}
         out_models[name] = row
     if baseline is not None:
         for name, row in out_models.items():
