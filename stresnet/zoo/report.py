@@ -373,9 +373,10 @@ def _variant_section(ev: Evidence, base: Mapping[str, Any] | None, level: str = 
                   "arm 1m, where listed, is the search held to arm 2d's params and MACs. Latency: onnxruntime, "
                   "batch 1, 224 px, every arm's architecture rebuilt from its results and timed in one run with the "
                   "dense ResNet-18 (speedup = its ms / the arm's); a pruned arm runs dense there "
-                  "(`stresnet bench evidence-latency`). On the VM these were measured on, small networks ran "
-                  "about 2 ms slower in some processes than in others while ResNet-18 barely moved: read the "
-                  "ratios within this one run, not against runs elsewhere.", ""]
+                  "(`stresnet bench evidence-latency`), with subnormal floats flushed to zero (random weights "
+                  "underflow into them in some draws). The VM these were measured on loses most of its second core "
+                  "in spells that slow small networks by up to 2 ms while ResNet-18 barely moves: read the ratios "
+                  "within this one run, not against runs elsewhere.", ""]
     checked = f"the same for the {len(runs)} runs above (checked from their JSONs; KD and seed aside)"
     lines.append(f"Budget{', ' + checked if len(runs) > 1 and not diffs else ''}: {budget}."
                  + (f" Fine-tune minutes on: {'; '.join(hw)}." if hw else ""))
