@@ -324,3 +324,5 @@ def test_mixup_shows_teacher_and_student_the_same_mixed_images(tree, tmp_path):
     assert not any(torch.equal(a, b) for a, b in zip(batches[0.0], batches[1.0]))  # mixed, not the loader's
     with pytest.raises(ValueError, match="TrainConfig.mixup must be >= 0"):
         TrainConfig(mixup=-1.0)
+    with pytest.raises(ValueError, match="TrainConfig.mixup needs an even batch_size, got 7"):
+        TrainConfig(mixup=1.0, batch_size=7)  # never a silent run without mixing

@@ -19,8 +19,9 @@ model's samples (:data:`~stresnet.deploy.latency.QUIET`: the machine's quiet lat
 A layer timed alone also pays one onnxruntime call (binding, output allocation, waking the thread
 pool): tens of microseconds, as much as a small factorised layer computes, and it drifts with the
 machine's state. Every chunk of layers is therefore timed together with an anchor,
-:class:`CallOverhead` (one call with almost no compute) on the same input, in the same round-robin
-rounds, and a layer's latency is its p10 minus that chunk's anchor p10 (:func:`net_ms`).
+:class:`CallOverhead` (one call with almost no compute) on the same input, in the same calls,
+and a layer's latency is its p10 minus that chunk's anchor p10, each a median over the passes of
+:func:`measure_layers` (:func:`net_ms`).
 Options of one layer that land in different chunks (a search times thousands) then compare without
 each chunk's overhead, and ``rest`` is what the network pays besides its searched layers, positive.
 

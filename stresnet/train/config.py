@@ -67,6 +67,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.mixup < 0:
             raise ValueError(f"TrainConfig.mixup must be >= 0, got {self.mixup!r}")
+        if self.mixup > 0 and self.batch_size % 2:  # timm's Mixup pairs each batch with its reverse
+            raise ValueError(f"TrainConfig.mixup needs an even batch_size, got {self.batch_size!r}")
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise ValueError(f"TrainConfig.kd_alpha must be in [0, 1], got {self.kd_alpha!r}")
         if self.train_on not in TRAIN_ON:

@@ -317,7 +317,7 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
             x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             y = y.to(device, non_blocking=True)
             smoothing = cfg.label_smoothing
-            if mix is not None and len(x) % 2 == 0:  # timm's Mixup pairs the batch with its reverse
+            if mix is not None:  # every batch is full (the loader drops the last partial one), so even
                 x, y = mix(x, y)  # y: soft targets, label smoothing already in them
                 smoothing = 0.0
             with _autocast(device, amp_dtype):
@@ -396,8 +396,6 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
     }
 
 
-# ----------------------------------------------------------------------------- command line
-
 def _mixup(student: nn.Module, cfg: TrainConfig, device: torch.device):
     """timm's Mixup/CutMix (alpha ``cfg.mixup`` for both, one of them per batch) for ``student``'s class count,
     read from one eval-mode forward (a factorised head has no ``num_classes`` attribute to trust)."""
@@ -408,6 +406,8 @@ def _mixup(student: nn.Module, cfg: TrainConfig, device: torch.device):
     return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.mixup, label_smoothing=cfg.label_smoothing,
                  num_classes=classes)
 
+
+# ----------------------------------------------------------------------------- command line
 
 def build_models(model: str, num_classes: int | None = None, plan: str | Path | None = None,
                  checkpoint: str | Path | None = None, seed: int = 0) -> tuple[nn.Module, nn.Module]:
