@@ -179,7 +179,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         args.model, args.checkpoint, args.data, args.budget, args.out, num_classes=args.num_classes,
         size=args.input_size, calib=args.calib_images, step=args.step, tied=args.tied_ranks,
         estimator=args.estimator, evaluate=args.eval, seed=args.seed, progress=not args.quiet, latency=latency,
-        cost_size=args.budget_size, search_space=args.space,
+        cost_size=args.budget_size, search_space=args.space, calibrated=args.calibrated,
     )
     for label, row in report["budgets"].items():
         parts = [f"{m}: {r['params'] / 1e6:.3f}M est {r['estimated_loss']:.3f}"
@@ -654,6 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "any: Tucker-2 for kxk convs, SVD for 1x1 convs and linears, sparse for grouped/depthwise "
                         "convs (efficient nets); lowrank: any without the sparse parts; what a space leaves alone is "
                         "listed in report.json")
+    p.add_argument("--calibrated", action="store_true",
+                   help="fit each layer's output basis to its outputs on the calibration images (output-response "
+                        "PCA) instead of the weights alone; the tables score those decompositions")
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("search-family",

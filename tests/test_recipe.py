@@ -440,3 +440,37 @@ def test_a_latency_budget_needs_no_table_argument_but_a_bad_term_is_one_line(tre
     with pytest.raises(RecipeError, match=r"stage search: budget '4x,latency<=0%'.*above 0%"):
         run_recipe(load_recipe(_write(tmp_path, recipe)), out_root=tmp_path / "runs",
                    results_path=tmp_path / "results.json", progress=False, log=lambda _: None)
+
+
+def test_a_calibrated_search_is_decomposed_with_the_bases_it_scored(tree, tmp_path):
+    """``search: {calibrated: true}``: the later ``lrs_plan`` and ``decompose`` stages rebuild the calibrated bases
+    on the search's own calibration draw, so the model saved is the calibrated decomposition of the plan (and
+    not the weight-only one)."""
+    from stresnet.data import calibration_images
+    from stresnet.plan import Plan, compress, load_weights
+    from stresnet.resolve import model_from_name
+    from stresnet.search.estimator import calibrated_bases
+
+    recipe = {"format": "stresnet-recipe/1", "name": "cal", "data": str(tree), "input_size": 32,
+              "base": {"model": "resnet18", "num_classes": 3},
+              "stages": [{"train_base": {**TRAIN, "lr": 0.05, "kd_alpha": 0.0}},
+                         {"search": {"budget": "4x", "step": 16, "calib": 12, "calibrated": True}},
+                         {"lrs_plan": {"method": "lrs", "fractions": [0.1, 0.25]}},
+                         {"decompose": {}}]}
+    results = run_recipe(load_recipe(_write(tmp_path, recipe)), out_root=tmp_path / "runs",
+                         results_path=tmp_path / "cal.json", progress=False, log=lambda _: None)
+    runs = tmp_path / "runs" / "cal"
+    assert json.loads((runs / "search" / "report.json").read_text())["calibrated"] is True
+    state = json.loads((runs / "decompose" / "stage.json").read_text())["state"]
+    assert state["calibration"] == {"images": 12, "seed": 0}
+    dense = model_from_name("resnet18", num_classes=3, checkpoint=runs / "train_base" / "model.safetensors")
+    plan = Plan.load(state["plan"])
+    images, _ = calibration_images(tree / "train", 12, 32, seed=0)
+    expected = compress(dense, plan, bases=calibrated_bases(dense, list(plan.factorised()), images)).state_dict()
+    saved = load_weights(compress(model_from_name("resnet18", num_classes=3), plan, init="random"),
+                         state["weights"]).state_dict()
+    assert all(torch.allclose(saved[k], v, atol=1e-5) for k, v in expected.items())
+    plain = compress(model_from_name("resnet18", num_classes=3, checkpoint=runs / "train_base" / "model.safetensors"),
+                     plan).state_dict()
+    assert not all(torch.allclose(saved[k], v, atol=1e-5) for k, v in plain.items())
+    assert results["stages"][2]["result"]["tuning"]["accuracies"]

@@ -42,9 +42,11 @@ class LowRankConv2d(nn.Sequential):
         return {"type": "svd", "rank": self.rank}
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, rank: int, **_: object) -> "LowRankConv2d":
+    def from_conv(cls, conv: nn.Conv2d, rank: int, bases: dec.ModeBases | None = None,
+                  **_: object) -> "LowRankConv2d":
+        """Factorise a trained conv (``bases``: its :func:`~stresnet.decompose.mode_bases`, calibrated or not)."""
         layer = cls(conv.in_channels, conv.out_channels, rank, bias=conv.bias is not None, **conv_geometry(conv))
-        a, b = dec.svd(conv.weight.reshape(conv.out_channels, -1), rank)
+        a, b = dec.svd(bases if bases is not None else conv.weight.reshape(conv.out_channels, -1), rank)
         with torch.no_grad():
             layer.core.weight.copy_(b.reshape(layer.core.weight.shape))
             layer.last.weight.copy_(a[:, :, None, None])
@@ -73,9 +75,10 @@ class LowRankLinear(nn.Sequential):
         return {"type": "svd", "rank": self.rank}
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, rank: int) -> "LowRankLinear":
+    def from_linear(cls, linear: nn.Linear, rank: int, bases: dec.ModeBases | None = None) -> "LowRankLinear":
+        """Factorise a trained linear (``bases``: those of its weight as a ``1x1`` kernel)."""
         layer = cls(linear.in_features, linear.out_features, rank, bias=linear.bias is not None)
-        a, b = dec.svd(linear.weight, rank)
+        a, b = dec.svd(bases if bases is not None else linear.weight, rank)
         with torch.no_grad():
             layer.first.weight.copy_(b)
             layer.last.weight.copy_(a)
@@ -108,10 +111,10 @@ class SVD(Factorisation):
         rank = spec["rank"]
         if isinstance(module, nn.Linear):
             if init == "decompose":
-                return LowRankLinear.from_linear(module, rank)
+                return LowRankLinear.from_linear(module, rank, bases)
             return LowRankLinear(module.in_features, module.out_features, rank, bias=module.bias is not None)
         if init == "decompose":
-            return LowRankConv2d.from_conv(module, rank)
+            return LowRankConv2d.from_conv(module, rank, bases)
         return LowRankConv2d(module.in_channels, module.out_channels, rank, **empty_geometry(module))
 
     def cost(self, g: LayerGeometry, spec: Mapping[str, Any]) -> Cost:
@@ -130,10 +133,12 @@ class SVD(Factorisation):
     def candidates(self, g: LayerGeometry, loss: Callable[[int, int], float] | None, in_grid: Sequence[int],
                    tied: bool, step: int, stats: Any = None) -> list[tuple[dict, float]]:
         """Pointwise convs and linears only (a matrix): rank ``r`` on the input grid, with the Tucker-2 table's
-        loss at ``(r, r)``, which for a matrix is exactly the rank-``r`` SVD truncation's."""
+        loss at output rank ``r`` and the full input rank: the projection onto the leading ``r`` output vectors,
+        which for weight-only bases is exactly the rank-``r`` SVD truncation and for calibrated ones what
+        :func:`stresnet.decompose.svd` builds from them."""
         if loss is None or g.kk != 1 or g.groups != 1:
             return []
-        return [({"type": "svd", "rank": r}, loss(r, r)) for r in in_grid if r < min(g.c_out, g.c_in)]
+        return [({"type": "svd", "rank": r}, loss(r, g.c_in)) for r in in_grid if r < min(g.c_out, g.c_in)]
 
 
 SVD_TYPE = register(SVD())

@@ -40,7 +40,7 @@ from ..layers.common import topk_mask
 from ..utils.modes import eval_mode
 
 __all__ = ["capture_inputs", "output_grad_moments", "patch_moment", "group_patch_moments", "ErrorTable",
-           "tucker2_error_table", "sparse_loss", "LayerStats", "rank_grid"]
+           "tucker2_error_table", "sparse_loss", "LayerStats", "rank_grid", "as_kernel", "calibrated_bases"]
 
 
 def rank_grid(dim: int, step: int = 8) -> list[int]:
@@ -143,6 +143,24 @@ def patch_moment(conv: nn.Module, x: Tensor, max_patches: int = 16384, seed: int
     """
     cols, factor = _patches(conv, x, max_patches, seed)
     return (cols.T @ cols).double() * factor
+
+
+def as_kernel(module: nn.Module) -> Tensor:
+    """A conv's kernel, or a linear's weight as a ``1x1`` kernel (the form :func:`~stresnet.decompose.mode_bases`
+    takes)."""
+    return module.weight[:, :, None, None] if isinstance(module, nn.Linear) else module.weight
+
+
+def calibrated_bases(model: nn.Module, names: Iterable[str], images: Tensor,
+                     max_patches: int = 16384) -> dict[str, dec.ModeBases]:
+    """Calibrated :func:`~stresnet.decompose.mode_bases` of the named ungrouped convs and linears of ``model``
+    on ``images`` (one forward pass): what the search scored with ``calibrated=True``, for the stages that
+    decompose after it. Grouped convs have no channel modes and are left out."""
+    names = [n for n in names if isinstance(m := model.get_submodule(n), nn.Linear) or m.groups == 1]
+    inputs = capture_inputs(model, names, images)
+    return {n: dec.mode_bases(as_kernel(model.get_submodule(n)),
+                              patch_moment(model.get_submodule(n), inputs.pop(n), max_patches))
+            for n in names if n in inputs}
 
 
 def group_patch_moments(conv: nn.Conv2d, x: Tensor, max_patches: int = 16384, seed: int = 0) -> Tensor:

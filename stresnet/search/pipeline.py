@@ -26,8 +26,8 @@ from ..utils.modes import eval_mode
 from . import baselines as bl
 from ..layers import registry
 from .budgets import Budget, BudgetError
-from .estimator import (ErrorTable, LayerStats, capture_inputs, group_patch_moments, output_grad_moments, patch_moment,
-                        rank_grid, sparse_loss, tucker2_error_table)
+from .estimator import (ErrorTable, LayerStats, as_kernel, capture_inputs, group_patch_moments, output_grad_moments,
+                        patch_moment, rank_grid, sparse_loss, tucker2_error_table)
 from .ilp import Option, solve, total_loss
 from .latency_costs import LatencyCosts, LatencyError, LayerSignature
 from .options import LayerShape, admits, layer_options
@@ -148,6 +148,7 @@ def build_space(
     progress: bool = True,
     cost_size: Sequence[int] | None = None,
     space: str = "compressnas",
+    calibrated: bool = False,
 ) -> SearchSpace:
     """Capture calibration inputs and build every layer's options (the expensive, budget-free part).
 
@@ -162,6 +163,11 @@ def build_space(
 
     ``space`` (:data:`SPACES`): which layer kinds are searched and with which types; modules it leaves
     alone are listed with the reason in ``SearchSpace.skipped`` (and the search report).
+
+    ``calibrated``: each layer's output basis is fitted to its outputs on the calibration images
+    (:func:`stresnet.decompose.mode_bases` with the input moment), so the tables score, and ``space.bases``
+    builds, the data-aware truncations; the stages that decompose later recompute them with
+    :func:`~.estimator.calibrated_bases` on the same images.
     """
     from ..cost import live_beside, profile
 
@@ -190,10 +196,9 @@ def build_space(
         scale = 1.0 / (len(images) ** 2 * LayerShape.of(module, calib_hw).hw_out)  # calibration positions
         grad = grads.get(name)
         if kinds[name] != "grouped":
-            weight = module.weight[:, :, None, None] if kinds[name] == "linear" else module.weight
-            bases[name] = dec.mode_bases(weight)
-            tables[name] = tucker2_error_table(bases[name], patch_moment(module, x, max_patches),
-                                               rank_grid(weight.shape[1], step), grad, scale)
+            weight, moment = as_kernel(module), patch_moment(module, x, max_patches)
+            bases[name] = dec.mode_bases(weight, moment if calibrated else None)
+            tables[name] = tucker2_error_table(bases[name], moment, rank_grid(weight.shape[1], step), grad, scale)
             stats = LayerStats(table=tables[name])
         else:
             moments = group_patch_moments(module, x, max_patches)

@@ -322,7 +322,8 @@ def dense_pruning_plan(model: nn.Module, target_params: int, base: Mapping[str, 
 @torch.no_grad()
 def tune_split(model: nn.Module, tucker_plan: Plan | Mapping[str, Any],
                fractions: Iterable[float] = DEFAULT_FRACTIONS, images: Tensor | None = None,
-               labels: Tensor | None = None, *, batch_size: int = 64) -> dict:
+               labels: Tensor | None = None, *, batch_size: int = 64,
+               bases: Mapping[str, dec.ModeBases] | None = None) -> dict:
     """Pick the LR+S sparse fraction by zero-shot top-1 of the one-shot LR+S model on calibration images.
 
     ``images`` / ``labels`` must be **training** images held out by the
@@ -342,8 +343,7 @@ def tune_split(model: nn.Module, tucker_plan: Plan | Mapping[str, Any],
     _, plan = _prepared(model, tucker_plan)
     # the Tucker-2 bases of a layer do not depend on the ranks: compute them once (not after surgery,
     # which may create new layers)
-    bases = None
-    if not plan.surgery:
+    if bases is None and not plan.surgery:  # ``bases``: the caller's (calibrated ones, see build_space)
         bases = {name: dec.mode_bases(model.get_submodule(name).weight)
                  for name, spec in plan.layers.items() if spec["type"] == "tucker2"}
 

@@ -24,6 +24,7 @@ class State(StageState):
     plan: str | None = None
     compressed: bool = False
     sparsity: dict | None = None
+    calibration: dict | None = None  # {"images", "seed"} of a calibrated search: later decompositions match it
 
 
 @dataclass
@@ -119,6 +120,20 @@ class ClassifyRun(Run):
 
     def teacher(self) -> nn.Module:
         return self.base_model(self.base.get("checkpoint"))
+
+
+def calibrated_bases(run: ClassifyRun, state: State, model: nn.Module, names: list[str]) -> dict | None:
+    """The calibrated mode bases of ``names`` in the dense ``model`` when the search was calibrated
+    (``search: {calibrated: true}``), on its calibration draw, so the model built is the one the search scored;
+    ``None`` otherwise (weight-only bases, as before)."""
+    if not state.calibration:
+        return None
+    from ...data import calibration_images
+    from ...search.estimator import calibrated_bases as bases_on
+
+    images, _ = calibration_images(run.split("train"), int(state.calibration["images"]), run.input_size,
+                                   seed=int(state.calibration["seed"]))
+    return bases_on(model, names, images)
 
 
 def require(state: State, what: str, stage: str) -> None:

@@ -1,13 +1,14 @@
 """``decompose``: apply the plan to the dense weights; zero-shot top-1 (``compare_base`` also measures
 decomposing the original base, for ADMM). A plan with ST's narrowed stem gets that stem fitted to the dense
 model first (:func:`stresnet.stem_init.narrowed_stem`, ``stem_init: fit``, the default) rather than at random
-(``stem_init: random``): a random stem starts the network at chance."""
+(``stem_init: random``): a random stem starts the network at chance. After a calibrated search the layers are
+decomposed with the calibrated bases it scored (:func:`~.common.calibrated_bases`)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..config import RecipeError
-from .common import ClassifyRun, State, require
+from .common import ClassifyRun, State, calibrated_bases, require
 
 
 def decompose(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
@@ -35,7 +36,8 @@ def decompose(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
             result["stem_init"]["zero_shot_top1"] = accuracy(narrowed, run.split("val"), run.input_size)["top1"]
         model = compress(narrowed, Plan(layers=plan.layers), init="decompose")
     else:
-        model = compress(dense, plan, init="decompose")
+        model = compress(dense, plan, init="decompose",
+                         bases=calibrated_bases(run, state, dense, list(plan.factorised())))
         if plan.surgery.get("stem", {}).get("proj"):
             result["stem_init"] = {"method": "random"}
     out.mkdir(parents=True, exist_ok=True)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import RecipeError, input_path
-from .common import ClassifyRun, State, require
+from .common import ClassifyRun, State, calibrated_bases, require
 
 
 def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
-    """CompressNAS: estimator tables + ILP at ``budget``; sets the plan. ``cost_size``: price MACs, RAM and
+    """CompressNAS: estimator tables + ILP at ``budget``; sets the plan. ``calibrated: true``: calibrated
+    decompositions (scored here, built by the later stages on the same images). ``cost_size``: price MACs, RAM and
     latency at that input size (e.g. 224 while calibrating at the recipe's 128); a ``latency<=`` term times the
     options on this machine first (:func:`_latency_source`). ``family: stresnet_pico``: the structure search
     at that ST variant's four budgets instead (:func:`family_search`)."""
@@ -28,11 +29,14 @@ def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
                                   calib=int(p.get("calib", 256)), step=int(p.get("step", STEP)),
                                   estimator=str(p.get("estimator", ESTIMATOR)), seed=int(p.get("seed", 0)),
                                   progress=run.progress, search_space=str(p.get("space", "compressnas")),
-                                  latency=_latency_source(run, p, out), cost_size=cost_size)
+                                  latency=_latency_source(run, p, out), cost_size=cost_size,
+                                  calibrated=bool(p.get("calibrated", False)))
     except (BudgetError, LatencyError) as e:
         raise RecipeError(f"stage search: {e}") from None
     row = next(iter(report["budgets"].values()))
     state.plan = str(out / f"plan_{next(iter(report['budgets']))}.json")
+    state.calibration = ({"images": int(p.get("calib", 256)), "seed": int(p.get("seed", 0))}
+                         if p.get("calibrated") else None)
     result = {"budget": budget, "plan": state.plan, "seconds": report["seconds"], "searched": row["methods"]["searched"]}
     if "latency" in report:  # the table's prediction for the dense base and the plan, and the limit in ms
         from ...search.budgets import parse_budget
@@ -158,7 +162,8 @@ def lrs_plan(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
         else:  # tune the split on the selection split carved from train/ (never val)
             images, labels = selection_images(run.split("train"), run.input_size)
             fractions = tuple(p.get("fractions", (0.1, 0.25, 0.4, 0.55)))
-            tuned = sparsity.tune_split(model, tucker, fractions, images, labels)
+            bases = calibrated_bases(run, state, model, list(tucker.factorised()))
+            tuned = sparsity.tune_split(model, tucker, fractions, images, labels, bases=bases)
             result["tuning"] = tuned
             fraction = tuned["fraction"]
         new = sparsity.lrs_plan_like(model, tucker, fraction)
