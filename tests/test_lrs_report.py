@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from stresnet.zoo.lrs_report import (LATENCY_FILE, METHODS, RESULTS_FILE, ZOO_NAMES, LrsArm, card_notes, chosen, goal,
-                                     load_lrs, lrs_markdown, plot_lrs, verdict)
+from stresnet.zoo.lrs_report import (LATENCY_FILE, RESULTS_FILE, ZOO_NAMES, LrsArm, card_notes, chosen, goal, load_lrs,
+                                     lrs_markdown, plot_lrs, verdict)
 
 
 def _arm(zero: float, final: float | None, params: int) -> dict:
@@ -87,6 +87,28 @@ def test_the_recipe_publishes_the_arm_the_selection_split_chose() -> None:
     decided = {budget: chosen(arms) for budget, arms in found.items() if chosen(arms)}
     assert decided, "the committed comparison has no finished budget"
     for budget, method in decided.items():
-        for other in METHODS:
+        for other in found[budget]:
+            arm = f"{other.removesuffix('_cal')}_{budget}" + ("_cal" if other.endswith("_cal") else "")
             expected = [f"{ZOO_NAMES[budget]}.kd_imagenette"] if other == method else []
-            assert published[f"{other}_{budget}"] == expected, f"{other}_{budget}"
+            assert published[arm] == expected, arm
+
+
+def test_calibrated_arms_are_read_as_their_own_rows_and_get_their_own_verdict(tmp_path: Path) -> None:
+    """``lrs_2x_cal`` is LR+S at 2x with calibrated decompositions: its own row, a verdict against the calibrated
+    low-rank arm (and pruning, which has nothing to calibrate), and a candidate for the published arm."""
+    results = {"arms": {"lowrank_2x": _tuned(0.0, 0.52, 0.52, 2_300_000), "prune_2x": _tuned(0.0, 0.05, 0.05, 2_300_100),
+                        "lrs_2x": _tuned(0.0, 0.67, 0.64, 2_300_050), "lowrank_2x_cal": _tuned(0.8, 0.88, 0.90, 2_300_010),
+                        "lrs_2x_cal": _tuned(0.5, 0.80, 0.85, 2_300_020)},
+               "base_ilsvrc-val": {"params": 4_652_008, "top1": 0.7448, "images": 435}}
+    (tmp_path / RESULTS_FILE).write_text(json.dumps(results))
+    found, dense = load_lrs(tmp_path)
+    assert set(found) == {"2x"} and set(found["2x"]) == {"lowrank", "prune", "lrs", "lowrank_cal", "lrs_cal"}
+    assert chosen(found["2x"]) == "lowrank_cal"
+    text = lrs_markdown(found, dense)
+    assert "| 2x | LR+S (searched Tucker-2 + sparse, calibrated) | 2,300,020 |" in text
+    assert "2x: LR+S beats both" in text
+    assert "2x calibrated: LR+S does NOT beat both (-35 images vs lowrank_cal, +326 images vs prune" in text
+    assert "met: low-rank only (searched, calibrated)" in goal("2x", found["2x"], dense)
+    del results["arms"]["prune_2x"]
+    (tmp_path / RESULTS_FILE).write_text(json.dumps(results))
+    assert chosen(load_lrs(tmp_path)[0]["2x"]) is None  # the three methods first

@@ -18,6 +18,9 @@ GOALS = {"1.5x": 1.0, "2x": 3.0}  # issue #17: after KD, within this many points
 ZOO_NAMES = {"1.5x": "stresnet_lite0_1p5x", "2x": "stresnet_lite0_2x"}  # the zoo model each budget publishes
 METHODS = {"lowrank": "low-rank only (searched)", "prune": "sparse only (magnitude pruning)",
            "lrs": "LR+S (searched Tucker-2 + sparse)"}
+CALIBRATED = "_cal"  # arm suffix: the same method with calibrated decompositions (``search: {calibrated: true}``)
+VARIANTS = {**METHODS, "lowrank_cal": "low-rank only (searched, calibrated)",
+            "lrs_cal": "LR+S (searched Tucker-2 + sparse, calibrated)"}
 NOISE_IMAGES = 5  # a gap of at most this many images is a tie
 
 
@@ -63,14 +66,21 @@ def load_lrs(results: Path) -> tuple[dict[str, dict[str, LrsArm]], dict[str, Any
     latency = _latency(results / LATENCY_FILE)
     out: dict[str, dict[str, LrsArm]] = {}
     for name, arm in (data.get("arms") or {}).items():
-        method, _, budget = name.partition("_")
-        if method in METHODS and arm.get("stages"):
+        method, budget = _method_budget(name)
+        if method in VARIANTS and arm.get("stages"):
             out.setdefault(budget, {})[method] = _arm(arm)
             out[budget][method].latency_ms = latency.get(name)
     dense = data.get("base_ilsvrc-val")
     if dense is not None and "efficientnet_lite0" in latency:
         dense = {**dense, "latency_ms": latency["efficientnet_lite0"]}
     return out, dense
+
+
+def _method_budget(arm: str) -> tuple[str, str]:
+    """``lrs_2x`` -> ``("lrs", "2x")``; ``lrs_2x_cal`` -> ``("lrs_cal", "2x")``."""
+    calibrated = arm.endswith(CALIBRATED)
+    method, _, budget = arm.removesuffix(CALIBRATED).partition("_")
+    return method + (CALIBRATED if calibrated else ""), budget
 
 
 def _latency(path: Path) -> dict[str, float]:
@@ -82,9 +92,9 @@ def _latency(path: Path) -> dict[str, float]:
 
 
 def chosen(arms: Mapping[str, LrsArm]) -> str | None:
-    """The method whose fine-tuned arm scored best on the selection split (never on the reported images), or None
-    until every arm has one; a tie goes to the fewer MACs."""
-    if set(arms) != set(METHODS) or any(a.selection is None for a in arms.values()):
+    """The arm (method, calibrated or not) whose fine-tuned model scored best on the selection split (never on the
+    reported images), or None until the three methods and every other arm have one; a tie goes to the fewer MACs."""
+    if not set(METHODS) <= set(arms) or any(a.selection is None for a in arms.values()):
         return None
     return max(arms, key=lambda m: (arms[m].selection, -(arms[m].macs or 0)))
 
@@ -96,7 +106,7 @@ def goal(budget: str, arms: Mapping[str, LrsArm], dense: Mapping[str, Any] | Non
         return None
     gap = 100 * (dense["top1"] - arms[pick].top1)
     met = "met" if gap <= GOALS[budget] else "missed"
-    text = (f"{budget} goal (within {GOALS[budget]:g} pt of dense after KD): {met}: {METHODS[pick]}, the arm "
+    text = (f"{budget} goal (within {GOALS[budget]:g} pt of dense after KD): {met}: {VARIANTS[pick]}, the arm "
             f"chosen on the selection split, {_pct(arms[pick].top1)} % vs dense {_pct(dense['top1'])} % "
             f"({-gap:+.2f} pt).")
     if gap < 0:
@@ -132,16 +142,21 @@ def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
-def verdict(budget: str, arms: Mapping[str, LrsArm]) -> str:
-    """Does LR+S beat both other arms after KD at ``budget``, counted in images."""
-    if set(arms) != set(METHODS) or any(a.top1 is None for a in arms.values()):
-        return f"{budget}: not every arm has finished its fine-tune; no verdict yet."
-    lrs = arms["lrs"]
-    gaps = {m: round((lrs.top1 - a.top1) * lrs.images) for m, a in arms.items() if m != "lrs"}
+def verdict(budget: str, arms: Mapping[str, LrsArm], calibrated: bool = False) -> str:
+    """Does LR+S beat both other arms after KD at ``budget``, counted in images (``calibrated``: the calibrated
+    LR+S against the calibrated low-rank arm and pruning, which has no decomposition to calibrate)."""
+    cal = CALIBRATED if calibrated else ""
+    label = f"{budget}{' calibrated' if calibrated else ''}"
+    three = {m: arms.get(m + cal if m != "prune" else m) for m in METHODS}
+    if any(a is None or a.top1 is None for a in three.values()):
+        return f"{label}: not every arm has finished its fine-tune; no verdict yet."
+    lrs = three["lrs"]
+    gaps = {m + (cal if m != "prune" else ""): round((lrs.top1 - a.top1) * lrs.images)
+            for m, a in three.items() if m != "lrs"}
     if all(g > NOISE_IMAGES for g in gaps.values()):
-        return f"{budget}: LR+S beats both ({', '.join(f'+{g} images over {m}' for m, g in gaps.items())})."
+        return f"{label}: LR+S beats both ({', '.join(f'+{g} images over {m}' for m, g in gaps.items())})."
     lost = ", ".join(f"{g:+d} images vs {m}" for m, g in gaps.items())
-    return f"{budget}: LR+S does NOT beat both ({lost}; a gap of {NOISE_IMAGES} images or fewer is a tie)."
+    return f"{label}: LR+S does NOT beat both ({lost}; a gap of {NOISE_IMAGES} images or fewer is a tie)."
 
 
 def lrs_markdown(found: Mapping[str, Mapping[str, LrsArm]], dense: Mapping[str, Any] | None,
@@ -166,12 +181,13 @@ def lrs_markdown(found: Mapping[str, Mapping[str, LrsArm]], dense: Mapping[str, 
              "after KD top-1 | COCO agreement zero-shot | COCO agreement after KD | published as |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for budget, arms in found.items():
-        for method, arm in sorted(arms.items(), key=lambda kv: list(METHODS).index(kv[0])):
-            lines.append(f"| {budget} | {METHODS[method]} | {arm.params or 0:,} | {arm.macs or 0:,} | "
+        for method, arm in sorted(arms.items(), key=lambda kv: list(VARIANTS).index(kv[0])):
+            lines.append(f"| {budget} | {VARIANTS[method]} | {arm.params or 0:,} | {arm.macs or 0:,} | "
                          f"{_ms(arm.latency_ms)} | {_pct(arm.zero_shot)} | {_pct(arm.selection)} | {_pct(arm.top1)} | "
                          f"{_pct(arm.agreement_zero_shot)} | {_pct(arm.agreement)} | "
                          f"{f'`{arm.published}`' if arm.published else '-'} |")
     notes = [verdict(b, arms) for b, arms in found.items()]
+    notes += [verdict(b, arms, calibrated=True) for b, arms in found.items() if any(m.endswith(CALIBRATED) for m in arms)]
     notes += [g for g in (goal(b, arms, dense) for b, arms in found.items()) if g]
     return "\n".join(lines + [""] + [f"- {n}" for n in notes])
 
@@ -184,7 +200,8 @@ def plot_lrs(found: Mapping[str, Mapping[str, LrsArm]], dense: Mapping[str, Any]
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (method, label), color in zip(METHODS.items(), ("tab:blue", "tab:orange", "tab:green")):
+    colors = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:olive")
+    for (method, label), color in zip(VARIANTS.items(), colors):
         pts = [a for arms in found.values() for m, a in arms.items() if m == method and a.params]
         for attr, fill in (("top1", color), ("zero_shot", "none")):
             xs = [a.params / 1e6 for a in pts if getattr(a, attr) is not None]
