@@ -37,6 +37,15 @@ def test_arm_plans_follow_the_stages_the_runner_ran() -> None:
     pruned = arm_plan([{"type": "plan", "params": {"file": ZOO_8X}},
                        {"type": "lrs_plan", "params": {"method": "prune", "over": "base"}}], BASE, REPO)
     assert pruned.layers == {}  # masks on dense convs: timed dense
+    lrs = {"format": "stresnet-plan/1", "base": {"arch": "resnet18"}, "meta": {"sparse_fraction": 0.25},
+           "layers": {"layer4.1.conv2": {"type": "lrs", "ranks": [8, 8], "density": 0.01}}}
+    tuned = arm_plan([{"type": "plan", "params": {"file": ZOO_8X}},
+                      {"type": "lrs_plan", "params": {"method": "lrs"},
+                       "result": {"tuning": {"plan": lrs}, "fraction": 0.25}}], BASE, REPO)
+    assert tuned.layers == lrs["layers"] and tuned.base == zoo.base  # the split the stage chose, the recipe's head
+    with pytest.raises(ev_latency._NotRebuilt, match="do not hold"):  # a given split: its plan was not recorded
+        arm_plan([{"type": "lrs_plan", "params": {"method": "lrs", "fraction": 0.25}, "result": {"fraction": 0.25}}],
+                 BASE, REPO)
     quoted = arm_plan([{"type": "reference", "params": {}, "result": {"stages": [
         {"type": "plan", "params": {"file": ZOO_8X}}]}}], BASE, REPO)
     assert quoted.layers == zoo.layers

@@ -4,8 +4,8 @@ params and MACs (issue #18: "equal params is not equal compute").
 Latency does not depend on the weights (a magnitude-pruned layer runs dense in onnxruntime: its zeros are
 stored, not skipped), so each arm's architecture is rebuilt from what its results JSON records -- the plan
 file, the uniform-rank rule, the searched layers -- and timed with random weights. A rebuilt architecture
-whose params differ from the arm's recorded eval is refused (an LR+S arm, whose plan the results do not hold,
-is "not measured"), so a card never shows the latency of a model other than the one evaluated. Every arm of
+whose params differ from the arm's recorded eval is refused (an LR+S arm whose split was given, not tuned, has
+no plan in its results and is "not measured"), so a card never shows the latency of a model other than the one evaluated. Every arm of
 every evidence recipe is timed in one :func:`~stresnet.deploy.latency.bench_latency` run with the dense base,
 so every speedup is a ratio within one run.
 """
@@ -75,10 +75,14 @@ def arm_plan(stages: list[Mapping[str, Any]], base: Mapping[str, Any], root: Pat
             plan = family_plan(str(p["variant"]).removeprefix("stresnet_"), num_classes=base.get("num_classes", 1000))
             plan.base = dict(arch)
         elif kind == "lrs_plan":
+            tuned = (r.get("tuning") or {}).get("plan")
             if p.get("method") == "prune" and p.get("over") == "base":
                 plan = Plan(base=dict(arch))  # masks on the dense convs: onnxruntime runs the dense network
+            elif tuned and tuned.get("meta", {}).get("sparse_fraction") == r.get("fraction"):
+                plan = Plan.from_dict(tuned)  # the split the stage chose, recorded with its tuning
+                plan.base = dict(arch)
             else:
-                raise _NotRebuilt(f"an lrs_plan stage ({p.get('method', 'lrs')})")
+                raise _NotRebuilt(f"an lrs_plan stage ({p.get('method', 'lrs')}) whose plan the results do not hold")
     return plan
 
 
