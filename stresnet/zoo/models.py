@@ -413,13 +413,16 @@ def stresnet_tiny_searched(pretrained: bool = False, **kwargs: Any) -> nn.Module
 
 @register_model
 def stresnet_lite0_1p5x(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """EfficientNet-Lite0 (1000 ImageNet outputs) at 1/1.5 of its stored params: searched low-rank (SVD of six
-    pointwise convs), the arm of the LR+S comparison with the best selection-split top-1 after distillation."""
+    """EfficientNet-Lite0 (1000 ImageNet outputs) at 1/1.5 of its stored params: calibrated low-rank (SVD of three
+    pointwise convs, the head conv and the classifier, output bases fitted on Imagenette images), the arm of the
+    LR+S comparison with the best selection-split top-1 after distillation."""
     return _create("stresnet_lite0_1p5x", pretrained, **kwargs)
 
 
 @register_model
 def stresnet_lite0_2x(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """EfficientNet-Lite0 (1000 ImageNet outputs) at 1/2 of its stored params: LR+S (searched Tucker-2 + a sparse
-    part on 16 convs), the arm of the LR+S comparison with the best selection-split top-1 after distillation."""
+    """EfficientNet-Lite0 (1000 ImageNet outputs) at 1/2 of its stored params: calibrated low-rank (SVD of eight
+    pointwise convs and the classifier, output bases fitted on Imagenette images), the arm of the LR+S comparison
+    with the best selection-split top-1 after distillation. Its classifier keeps the output directions those 10
+    classes excite: a specialist, not a general ImageNet model (the card's COCO agreement)."""
     return _create("stresnet_lite0_2x", pretrained, **kwargs)
