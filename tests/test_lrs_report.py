@@ -112,3 +112,5 @@ def test_calibrated_arms_are_read_as_their_own_rows_and_get_their_own_verdict(tm
     del results["arms"]["prune_2x"]
     (tmp_path / RESULTS_FILE).write_text(json.dumps(results))
     assert chosen(load_lrs(tmp_path)[0]["2x"]) is None  # the three methods first
+    no_lrs = {m: a for m, a in found["2x"].items() if m != "lrs_cal"}  # a calibrated low-rank arm alone
+    assert verdict("2x", no_lrs, calibrated=True) == "2x calibrated: no calibrated LR+S arm was run; no verdict."

@@ -147,6 +147,8 @@ def verdict(budget: str, arms: Mapping[str, LrsArm], calibrated: bool = False) -
     LR+S against the calibrated low-rank arm and pruning, which has no decomposition to calibrate)."""
     cal = CALIBRATED if calibrated else ""
     label = f"{budget}{' calibrated' if calibrated else ''}"
+    if calibrated and "lrs" + cal not in arms:
+        return f"{label}: no calibrated LR+S arm was run; no verdict."
     three = {m: arms.get(m + cal if m != "prune" else m) for m in METHODS}
     if any(a is None or a.top1 is None for a in three.values()):
         return f"{label}: not every arm has finished its fine-tune; no verdict yet."
