@@ -421,8 +421,8 @@ def stresnet_lite0_1p5x(pretrained: bool = False, **kwargs: Any) -> nn.Module:
 
 @register_model
 def stresnet_lite0_2x(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """EfficientNet-Lite0 (1000 ImageNet outputs) at 1/2 of its stored params: calibrated low-rank (SVD of eight
-    pointwise convs and the classifier, output bases fitted on Imagenette images), the arm of the LR+S comparison
-    with the best selection-split top-1 after distillation. Its classifier keeps the output directions those 10
-    classes excite: a specialist, not a general ImageNet model (the card's COCO agreement)."""
+    """EfficientNet-Lite0 (1000 ImageNet outputs) at 1/2 of its stored params: calibrated low-rank (SVD of seven
+    block pointwise convs, the head conv and the classifier, output bases fitted on Imagenette images), the arm of
+    the LR+S comparison with the best selection-split top-1 after distillation. Its classifier keeps the output
+    directions those 10 classes excite: a specialist, not a general ImageNet model (the card's COCO agreement)."""
     return _create("stresnet_lite0_2x", pretrained, **kwargs)
