@@ -23,11 +23,12 @@ def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
         return family_search(run, state, p, out)
     budget = str(p.get("budget", "8x"))
     cost_size = int(p["cost_size"]) if "cost_size" in p else None
+    calib, seed = int(p.get("calib", 256)), int(p.get("seed", 0))  # the draw a calibrated search's bases are fitted on
     try:
         report = search_and_write(run.base["model"], Path(state.weights) if state.weights else None, run.data,
                                   [budget], out, num_classes=run.base.get("num_classes"), size=run.input_size,
-                                  calib=int(p.get("calib", 256)), step=int(p.get("step", STEP)),
-                                  estimator=str(p.get("estimator", ESTIMATOR)), seed=int(p.get("seed", 0)),
+                                  calib=calib, step=int(p.get("step", STEP)),
+                                  estimator=str(p.get("estimator", ESTIMATOR)), seed=seed,
                                   progress=run.progress, search_space=str(p.get("space", "compressnas")),
                                   latency=_latency_source(run, p, out), cost_size=cost_size,
                                   calibrated=bool(p.get("calibrated", False)))
@@ -35,8 +36,7 @@ def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
         raise RecipeError(f"stage search: {e}") from None
     row = next(iter(report["budgets"].values()))
     state.plan = str(out / f"plan_{next(iter(report['budgets']))}.json")
-    state.calibration = ({"images": int(p.get("calib", 256)), "seed": int(p.get("seed", 0))}
-                         if p.get("calibrated") else None)
+    state.calibration = {"images": calib, "seed": seed} if p.get("calibrated") else None
     result = {"budget": budget, "plan": state.plan, "seconds": report["seconds"], "searched": row["methods"]["searched"]}
     if "latency" in report:  # the table's prediction for the dense base and the plan, and the limit in ms
         from ...search.budgets import parse_budget
