@@ -202,6 +202,21 @@ def test_bench_latency_returns_every_key_for_two_models() -> None:
     assert "small" in text and "speedup" in text
 
 
+def test_warm_up_runs_its_count_and_then_until_its_time_has_passed() -> None:
+    """A small layer's few warm-up runs end before an idle core is back (see WARMUP_MS): the warm-up lasts a
+    least time as well as a count. A fake clock that each run moves by 1 ms."""
+    from stresnet.deploy.latency import _warm_up
+
+    now = [0.0]
+
+    def run() -> None:
+        now[0] += 1e-3
+
+    assert _warm_up(run, 3, 10.0, clock=lambda: now[0]) == 10  # the time floor decides
+    assert _warm_up(run, 12, 10.0, clock=lambda: now[0]) == 12  # the count decides
+    assert _warm_up(run, 2, 0.0, clock=lambda: now[0]) == 2
+
+
 def test_bench_latency_needs_the_baseline_among_the_models() -> None:
     with pytest.raises(ValueError, match="baseline"):
         bench_latency({"a": TinyNet()}, (3, 16, 16), iters=1, baseline="resnet18")

@@ -182,6 +182,34 @@ def test_prediction_is_exact_when_latency_is_additive(tmp_path: Path) -> None:
     assert "-50.0%" in format_prediction(rows)
 
 
+def test_the_plans_a_check_predicts_are_timed_in_one_fill(tmp_path: Path) -> None:
+    """``bench latency --predict`` times the layers of all its plans in one fill (chunks by input shape, as a
+    search does), not plan by plan: a layer of the second plan shares its chunk with the first plan's layers of
+    the same input shape (timed plan by plan, small chunks measured higher on a real machine)."""
+
+    class Calls(FakeTimer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.chunks: list[set[str]] = []
+
+        def __call__(self, models, input_size, **kwargs) -> dict:
+            self.chunks.append(set(models) - {ANCHOR})
+            return super().__call__(models, input_size, **kwargs)
+
+    base = {"arch": "resnet18", "num_classes": 10}
+    a = Plan(base=base, layers={"layer1.0.conv1": {"type": "tucker2", "ranks": [16, 16]}})
+    b = Plan(base=base, layers={"layer1.0.conv1": {"type": "tucker2", "ranks": [24, 24]}})
+    size = (3, 32, 32)
+    bench = {"input_size": list(size), "threads": 2,
+             "models": {n: {"onnxruntime": {"median_ms": 1.0, "p10_ms": 1.0}} for n in "ab"}}
+    timer = Calls()
+    predict_vs_measured(bench, {"a": a, "b": b}, LatencyTable(tmp_path / "t.json", ENV), timer=timer)
+    conv = build(Plan(base=base)).get_submodule("layer1.0.conv1")
+    sig = LayerSignature.of(conv, (64, 8, 8))
+    ka, kb = (sig.key(p.layers["layer1.0.conv1"], 2) for p in (a, b))
+    assert any({ka, kb} <= chunk for chunk in timer.chunks)
+
+
 def test_a_drifting_call_overhead_is_paid_once_not_per_layer(tmp_path: Path) -> None:
     """Each chunk's overhead differs (as it drifts on a real machine): the layers' own latencies must not carry
     it, so the prediction is off by at most the drift of one call, not one per layer (26 layers here)."""

@@ -18,7 +18,7 @@ from ..utils.modes import eval_mode
 from .export import export_onnx, ort_session
 from .tables import text_table
 
-__all__ = ["QUIET", "bench_latency", "format_latency", "isolated", "subnormals_flushed"]
+__all__ = ["QUIET", "WARMUP_MS", "bench_latency", "format_latency", "isolated", "subnormals_flushed"]
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -47,6 +47,16 @@ samples in 10 rounds, the p10 of pico ranged 2.34-2.51 ms and its median 2.42-2.
 p10 less. A spell longer than a whole run moves it as much as the median (seen: pico p10 4.1-4.3 ms in such
 runs). Speedups stay median-based.
 """
+
+WARMUP_MS = 10.0
+"""The least time (ms) every block's untimed runs last, whatever ``warmup`` counts.
+
+Why time and not a count: on this VM the first 2-thread runs after the cores sat idle for a moment (a session
+being created, the Python between blocks) are slow, and a count sized for a network is a few milliseconds
+for a small layer. Measured here: one Tucker-2 layer (64 channels, ranks 16, 56x56) timed 6 times after 0.5 s
+idle, five times over: with 5 warm-up runs and no time floor its p10 was 0.265, 0.467, 0.466, 0.308, 0.470 ms;
+with a floor of 5, 10 or 25 ms, 0.262-0.269 ms every time. A latency table filled with 5 warm-up runs had that
+layer at 0.45 ms in two fresh runs, and over-predicted the zoo's 32x model by 42-50 %."""
 
 INPUT_OFFSET = 1024 + 3 * 64  # bytes past a 64 KiB boundary where the timed input sits (see _placed)
 
@@ -93,6 +103,7 @@ def bench_latency(
     baseline: str | None = "resnet18",
     rounds: int = 5,
     backends: Iterable[str] = ("torch", "onnxruntime"),
+    warmup_ms: float = WARMUP_MS,
 ) -> dict[str, Any]:
     """Batch-1 CPU latency of every model in PyTorch and onnxruntime, with speedups over ``baseline``.
 
@@ -107,7 +118,8 @@ def bench_latency(
     in some draws and not in others. Measured here: the same random-initialised pico at 224 px took 4.2 ms in
     about one process in five and 2.4 ms in the rest; with the flush, ten processes in a row measured 2.3-2.5
     ms. Every (round, model) block starts with ``warmup``
-    untimed runs, and an onnxruntime session lives for one block only: each
+    untimed runs, continued until ``warmup_ms`` have passed (:data:`WARMUP_MS`), and an onnxruntime session lives
+    for one block only: each
     session owns a thread pool whose workers spin after a run, and with several
     sessions alive the idle ones' spinning steals the cores of the one being
     timed (seen here: 2-thread medians of small models inflated up to 2x).
@@ -154,8 +166,7 @@ def bench_latency(
                                 sess = ort_session(onnx_files[name], threads, denormal_as_zero=True)
                                 feed = {sess.get_inputs()[0].name: x_np}
                                 run = (lambda s=sess, f=feed: s.run(None, f))
-                            for _ in range(max(warmup, 1)):
-                                run()
+                            _warm_up(run, max(warmup, 1), warmup_ms)
                             for _ in range(per_round):
                                 t0 = time.perf_counter()
                                 run()
@@ -193,6 +204,7 @@ def bench_latency(
         "batch": 1,
         "threads": int(threads),
         "warmup": int(warmup),
+        "warmup_ms": float(warmup_ms),
         "iters": int(iters),
         "rounds": int(rounds),
         "baseline": baseline,
@@ -210,6 +222,16 @@ def bench_latency(
     }
 
 
+
+
+def _warm_up(run: Callable[[], Any], count: int, least_ms: float,
+             clock: Callable[[], float] = time.perf_counter) -> int:
+    """``count`` untimed runs, and more until ``least_ms`` have passed (see :data:`WARMUP_MS`); how many ran."""
+    start, done = clock(), 0
+    while done < count or (clock() - start) * 1e3 < least_ms:
+        run()
+        done += 1
+    return done
 
 
 def format_latency(result: Mapping[str, Any]) -> str:
@@ -235,6 +257,7 @@ def format_latency(result: Mapping[str, Any]) -> str:
     other = result.get("env", {}).get("other_processes_cores")
     title = (f"batch-1 CPU latency at {c}x{h}x{w}, {result['threads']} thread(s), {result['iters']} iters "
              f"in {result['rounds']} round-robin rounds after {result['warmup']} warm-up"
+             + (f" (at least {result['warmup_ms']:g} ms)" if result.get("warmup_ms") else "")
              + (f"; speedup vs {result['baseline']} in the same run" if has_base else "")
              + (f"; other processes used {other:.2f} cores meanwhile" if other is not None else ""))
     lines = [title, *text_table(header, rows)]
