@@ -474,3 +474,40 @@ def test_a_calibrated_search_is_decomposed_with_the_bases_it_scored(tree, tmp_pa
                      plan).state_dict()
     assert not all(torch.allclose(saved[k], v, atol=1e-5) for k, v in plain.items())
     assert results["stages"][2]["result"]["tuning"]["accuracies"]
+
+
+def test_decompose_calibrated_builds_any_plan_with_calibrated_bases_and_refuses_another_draw(tree, tmp_path):
+    """``decompose: {calibrated: true}`` gives a plan that no calibrated search made (here uniform ranks) the
+    calibrated bases on its own draw, so two arms of a comparison can share the decomposition; after a calibrated
+    search a different draw is refused in one line (the model would not be the one the search scored)."""
+    from stresnet.data import calibration_images
+    from stresnet.plan import Plan, compress, load_weights
+    from stresnet.resolve import model_from_name
+    from stresnet.search.estimator import calibrated_bases
+
+    recipe = {"format": "stresnet-recipe/1", "name": "ucal", "data": str(tree), "input_size": 32,
+              "base": {"model": "resnet18", "num_classes": 3},
+              "stages": [{"train_base": {**TRAIN, "lr": 0.05, "kd_alpha": 0.0}},
+                         {"search": {"budget": "4x", "step": 16, "calib": 12}},
+                         {"plan": {"id": "uniform_plan", "uniform": {"step": 4}}},
+                         {"decompose": {"calibrated": True, "calib": 10, "seed": 1, "eval": False}}]}
+    run_recipe(load_recipe(_write(tmp_path, recipe)), out_root=tmp_path / "runs",
+               results_path=tmp_path / "ucal.json", progress=False, log=lambda _: None)
+    runs = tmp_path / "runs" / "ucal"
+    state = json.loads((runs / "decompose" / "stage.json").read_text())["state"]
+    assert state["calibration"] == {"images": 10, "seed": 1}
+    dense = model_from_name("resnet18", num_classes=3, checkpoint=runs / "train_base" / "model.safetensors")
+    plan = Plan.load(state["plan"])
+    images, _ = calibration_images(tree / "train", 10, 32, seed=1)
+    expected = compress(dense, plan, bases=calibrated_bases(dense, list(plan.factorised()), images)).state_dict()
+    saved = load_weights(compress(model_from_name("resnet18", num_classes=3), plan, init="random"),
+                         state["weights"]).state_dict()
+    assert all(torch.allclose(saved[k], v, atol=1e-5) for k, v in expected.items())
+
+    recipe["name"] = "clash"
+    recipe["stages"] = [{"search": {"budget": "4x", "step": 16, "calib": 12, "calibrated": True}},
+                        {"decompose": {"calibrated": True, "calib": 10}}]
+    with pytest.raises(RecipeError, match=r"stage decompose: calibrated on 10 images \(seed 0\) but the search "
+                                          r"calibrated on 12 \(seed 0\)"):
+        run_recipe(load_recipe(_write(tmp_path, recipe)), out_root=tmp_path / "runs",
+                   results_path=tmp_path / "clash.json", progress=False, log=lambda _: None)

@@ -2,7 +2,9 @@
 decomposing the original base, for ADMM). A plan with ST's narrowed stem gets that stem fitted to the dense
 model first (:func:`stresnet.stem_init.narrowed_stem`, ``stem_init: fit``, the default) rather than at random
 (``stem_init: random``): a random stem starts the network at chance. After a calibrated search the layers are
-decomposed with the calibrated bases it scored (:func:`~.common.calibrated_bases`)."""
+decomposed with the calibrated bases it scored (:func:`~.common.calibrated_bases`); ``calibrated: true`` asks the
+same of a plan that came from elsewhere (a file, uniform ranks), on ``calib`` fit-part train/ images drawn with
+``seed``, so a comparison of plans can give every arm the same decomposition."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,9 +23,12 @@ def decompose(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     plan = Plan.load(state.plan)
     dense = run.model(state)
     result: dict = {}
+    _calibrate(state, p)
     how = p.get("stem_init", "fit")
     if how not in ("fit", "random"):
         raise RecipeError(f"stage decompose: stem_init {how!r} is not 'fit' or 'random'")
+    if plan.surgery.get("stem", {}).get("proj") and p.get("calibrated"):
+        raise RecipeError("stage decompose: calibrated bases are not built for a plan with a narrowed stem")
     if plan.surgery.get("stem", {}).get("proj") and how == "fit":
         from ...data import calibration_images
         from ...stem_init import narrowed_stem
@@ -49,3 +54,15 @@ def decompose(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
             result["base_zero_shot_top1"] = accuracy(base, run.split("val"), run.input_size)["top1"]
     state.weights, state.compressed = str(out / "model.safetensors"), True
     return result
+
+
+def _calibrate(state: State, p: dict) -> None:
+    """``calibrated: true``: the calibration draw (``calib`` images, ``seed``) the bases are fitted on; it must be
+    the search's own when the search was calibrated, or the model built would not be the one it scored."""
+    if not p.get("calibrated"):
+        return
+    draw = {"images": int(p.get("calib", 256)), "seed": int(p.get("seed", 0))}
+    if state.calibration and state.calibration != draw:
+        raise RecipeError(f"stage decompose: calibrated on {draw['images']} images (seed {draw['seed']}) but the "
+                          f"search calibrated on {state.calibration['images']} (seed {state.calibration['seed']})")
+    state.calibration = draw
