@@ -119,3 +119,24 @@ def test_the_equal_compute_verdict_names_its_budget(tmp_path: Path) -> None:
     (results / "evidence_8x.json").write_text(json.dumps(data))
     md = evidence_markdown(*load_evidence(recipes, results))
     assert "the budget is NOT equal" in next(x for x in md.splitlines() if x.startswith("- Arm 1m"))
+
+
+def test_the_calibrated_pair_has_its_own_equal_compute_verdict(tmp_path: Path) -> None:
+    """Arms 1mc / 2dc (both built with calibrated bases) are compared with each other, not with 1m / 2d."""
+    recipes, results = _world(tmp_path)
+    recipe = yaml.safe_load((recipes / "evidence_8x.yaml").read_text())
+    recipe["arms"].update({"searched_macs_cal": [{"plan": {"file": ZOO_8X}}],
+                           "uniform_direct_cal": [{"plan": {"file": ZOO_8X}}]})
+    (recipes / "evidence_8x.yaml").write_text(yaml.safe_dump(recipe))
+    data = json.loads((results / "evidence_8x.json").read_text())
+    for kind, top1 in (("searched_macs_cal", 0.85), ("uniform_direct_cal", 0.90)):
+        row = json.loads(json.dumps(data["arms"]["searched_macs"]))
+        row["final"]["top1"] = top1
+        row["stages"][-1]["result"] = row["final"]
+        data["arms"][kind] = row
+    (results / "evidence_8x.json").write_text(json.dumps(data))
+    md = evidence_markdown(*load_evidence(recipes, results))
+    verdict = next(x for x in md.splitlines() if x.startswith("- **Arm 1mc"))
+    assert "does not beat arm 2dc" in verdict and "ahead by 5.00 pt" in verdict
+    assert "at most equal params and MACs" in verdict
+    assert "beats arm 2d " in next(x for x in md.splitlines() if x.startswith("- Arm 1m "))  # the pair 1m/2d unchanged

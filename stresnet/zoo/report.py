@@ -44,13 +44,19 @@ EXTRA_ARMS: dict[str, tuple[str, str]] = {
     "uniform_direct": ("2d", "arm 2's plan, decomposed directly (no ADMM), KD for all the epochs"),
     "searched_macs": ("1m", "the search at arm 2d's params and at most its MACs, decomposed directly, KD for all "
                             "the epochs"),
+    # arms 1m and 2d with calibrated decompositions (output-response bases on fit-part train/ images): the search
+    # scores them and both plans are built with them, so the pair again differs only in the ranks
+    "searched_macs_cal": ("1mc", "arm 1m's budget, the search scoring calibrated decompositions, built with them, "
+                                 "KD for all the epochs"),
+    "uniform_direct_cal": ("2dc", "arm 2d's plan, decomposed with calibrated bases on the same images, KD for all "
+                                  "the epochs"),
 }
 ROUTE_NOTE = ", by the ADMM route (the dense base is pulled toward the ranks before decomposing)"
 ALL_ARMS = {**ARMS, **EXTRA_ARMS}
 MARKERS = {"searched": ("o", "C3"), "uniform": ("s", "C0"), "scratch_kd": ("^", "C2"), "scratch": ("v", "C1"),
            "pruned": ("D", "C4"), "searched_admm": ("o", "C3"), "uniform_admm": ("s", "C0"),
            "searched_direct": ("o", "C3"), "uniform_direct": ("s", "C0"),
-           "searched_macs": ("P", "C5")}  # the other route: hollow markers
+           "searched_macs": ("P", "C5"), "searched_macs_cal": ("P", "C6"), "uniform_direct_cal": ("s", "C7")}  # the other route: hollow markers
 # fine-tune fields that must match between arms for "the same budget" (KD and seed differ by design)
 BUDGET_KEYS = ("epochs", "input_size", "batch_size", "optimizer", "lr", "min_lr", "momentum", "weight_decay",
                "warmup_epochs", "label_smoothing", "kd_T", "max_steps_per_epoch")
@@ -328,13 +334,15 @@ def _verdicts(ev: Evidence) -> list[str]:
             out.append(_compare(first, "1", ev.arms[alt_uniform], num_uniform, ev.label(alt_uniform)))
         if ev.arms[alt].runs and ev.arms[alt_uniform].runs:
             out.append(_compare(ev.arms[alt], num, ev.arms[alt_uniform], num_uniform, ev.label(alt_uniform)))
-    macs, uniform = ev.arms["searched_macs"], ev.arms["uniform_direct"]
-    if macs.runs and uniform.runs:  # the comparison at equal compute (issue #18): say which budgets are equal
-        m, u = macs.runs[0], uniform.runs[0]
-        equal = (f"params {m.params / 1e6:.3f} M vs {u.params / 1e6:.3f} M, MACs {m.macs / 1e6:.1f} M vs "
-                 f"{u.macs / 1e6:.1f} M: " + ("at most equal params and MACs" if m.params <= u.params
-                                              and m.macs <= u.macs else "**the budget is NOT equal**"))
-        out.append(_compare(macs, "1m", uniform, "2d", f"{ev.label('uniform_direct')}; {equal}"))
+    for searched, uniform_kind in (("searched_macs", "uniform_direct"), ("searched_macs_cal", "uniform_direct_cal")):
+        macs, uniform = ev.arms[searched], ev.arms[uniform_kind]
+        if macs.runs and uniform.runs:  # the comparison at equal compute (issue #18): say which budgets are equal
+            m, u = macs.runs[0], uniform.runs[0]
+            equal = (f"params {m.params / 1e6:.3f} M vs {u.params / 1e6:.3f} M, MACs {m.macs / 1e6:.1f} M vs "
+                     f"{u.macs / 1e6:.1f} M: " + ("at most equal params and MACs" if m.params <= u.params
+                                                  and m.macs <= u.macs else "**the budget is NOT equal**"))
+            out.append(_compare(macs, ALL_ARMS[searched][0], uniform, ALL_ARMS[uniform_kind][0],
+                                f"{ev.label(uniform_kind)}; {equal}"))
     return out
 
 
