@@ -442,14 +442,32 @@ def test_a_latency_budget_needs_no_table_argument_but_a_bad_term_is_one_line(tre
                    results_path=tmp_path / "results.json", progress=False, log=lambda _: None)
 
 
-def test_a_calibrated_search_is_decomposed_with_the_bases_it_scored(tree, tmp_path):
-    """``search: {calibrated: true}``: the later ``lrs_plan`` and ``decompose`` stages rebuild the calibrated bases
-    on the search's own calibration draw, so the model saved is the calibrated decomposition of the plan (and
-    not the weight-only one)."""
+def _built_with_calibrated_bases(tree, runs, images: int, seed: int):
+    """Asserts that a run's ``decompose`` stage saved the calibrated decomposition of its plan on the draw of
+    ``images`` fit-part train/ images with ``seed``; returns the plan and the saved state dict."""
     from stresnet.data import calibration_images
     from stresnet.plan import Plan, compress, load_weights
     from stresnet.resolve import model_from_name
     from stresnet.search.estimator import calibrated_bases
+
+    state = json.loads((runs / "decompose" / "stage.json").read_text())["state"]
+    assert state["calibration"] == {"images": images, "seed": seed}
+    dense = model_from_name("resnet18", num_classes=3, checkpoint=runs / "train_base" / "model.safetensors")
+    plan = Plan.load(state["plan"])
+    batch, _ = calibration_images(tree / "train", images, 32, seed=seed)
+    expected = compress(dense, plan, bases=calibrated_bases(dense, list(plan.factorised()), batch)).state_dict()
+    saved = load_weights(compress(model_from_name("resnet18", num_classes=3), plan, init="random"),
+                         state["weights"]).state_dict()
+    assert all(torch.allclose(saved[k], v, atol=1e-5) for k, v in expected.items())
+    return plan, saved
+
+
+def test_a_calibrated_search_is_decomposed_with_the_bases_it_scored(tree, tmp_path):
+    """``search: {calibrated: true}``: the later ``lrs_plan`` and ``decompose`` stages rebuild the calibrated bases
+    on the search's own calibration draw, so the model saved is the calibrated decomposition of the plan (and
+    not the weight-only one)."""
+    from stresnet.plan import compress
+    from stresnet.resolve import model_from_name
 
     recipe = {"format": "stresnet-recipe/1", "name": "cal", "data": str(tree), "input_size": 32,
               "base": {"model": "resnet18", "num_classes": 3},
@@ -461,15 +479,7 @@ def test_a_calibrated_search_is_decomposed_with_the_bases_it_scored(tree, tmp_pa
                          results_path=tmp_path / "cal.json", progress=False, log=lambda _: None)
     runs = tmp_path / "runs" / "cal"
     assert json.loads((runs / "search" / "report.json").read_text())["calibrated"] is True
-    state = json.loads((runs / "decompose" / "stage.json").read_text())["state"]
-    assert state["calibration"] == {"images": 12, "seed": 0}
-    dense = model_from_name("resnet18", num_classes=3, checkpoint=runs / "train_base" / "model.safetensors")
-    plan = Plan.load(state["plan"])
-    images, _ = calibration_images(tree / "train", 12, 32, seed=0)
-    expected = compress(dense, plan, bases=calibrated_bases(dense, list(plan.factorised()), images)).state_dict()
-    saved = load_weights(compress(model_from_name("resnet18", num_classes=3), plan, init="random"),
-                         state["weights"]).state_dict()
-    assert all(torch.allclose(saved[k], v, atol=1e-5) for k, v in expected.items())
+    plan, saved = _built_with_calibrated_bases(tree, runs, images=12, seed=0)
     plain = compress(model_from_name("resnet18", num_classes=3, checkpoint=runs / "train_base" / "model.safetensors"),
                      plan).state_dict()
     assert not all(torch.allclose(saved[k], v, atol=1e-5) for k, v in plain.items())
@@ -480,11 +490,6 @@ def test_decompose_calibrated_builds_any_plan_with_calibrated_bases_and_refuses_
     """``decompose: {calibrated: true}`` gives a plan that no calibrated search made (here uniform ranks) the
     calibrated bases on its own draw, so two arms of a comparison can share the decomposition; after a calibrated
     search a different draw is refused in one line (the model would not be the one the search scored)."""
-    from stresnet.data import calibration_images
-    from stresnet.plan import Plan, compress, load_weights
-    from stresnet.resolve import model_from_name
-    from stresnet.search.estimator import calibrated_bases
-
     recipe = {"format": "stresnet-recipe/1", "name": "ucal", "data": str(tree), "input_size": 32,
               "base": {"model": "resnet18", "num_classes": 3},
               "stages": [{"train_base": {**TRAIN, "lr": 0.05, "kd_alpha": 0.0}},
@@ -493,16 +498,7 @@ def test_decompose_calibrated_builds_any_plan_with_calibrated_bases_and_refuses_
                          {"decompose": {"calibrated": True, "calib": 10, "seed": 1, "eval": False}}]}
     run_recipe(load_recipe(_write(tmp_path, recipe)), out_root=tmp_path / "runs",
                results_path=tmp_path / "ucal.json", progress=False, log=lambda _: None)
-    runs = tmp_path / "runs" / "ucal"
-    state = json.loads((runs / "decompose" / "stage.json").read_text())["state"]
-    assert state["calibration"] == {"images": 10, "seed": 1}
-    dense = model_from_name("resnet18", num_classes=3, checkpoint=runs / "train_base" / "model.safetensors")
-    plan = Plan.load(state["plan"])
-    images, _ = calibration_images(tree / "train", 10, 32, seed=1)
-    expected = compress(dense, plan, bases=calibrated_bases(dense, list(plan.factorised()), images)).state_dict()
-    saved = load_weights(compress(model_from_name("resnet18", num_classes=3), plan, init="random"),
-                         state["weights"]).state_dict()
-    assert all(torch.allclose(saved[k], v, atol=1e-5) for k, v in expected.items())
+    _built_with_calibrated_bases(tree, tmp_path / "runs" / "ucal", images=10, seed=1)
 
     recipe["name"] = "clash"
     recipe["stages"] = [{"search": {"budget": "4x", "step": 16, "calib": 12, "calibrated": True}},
