@@ -43,7 +43,9 @@ variant in three fresh runs with identical entries, from two causes of the fill,
 of a small layer ended before an idle core was back (see :data:`~stresnet.deploy.latency.WARMUP_MS`), and
 layers timed plan by plan in small chunks measured higher than in one fill (see :func:`predict_vs_measured`).
 That machine too has slow spells lasting minutes, in which a small network runs about 35 % slower (32x: 3.8-3.9
-instead of 2.84 ms) while ResNet-18 moves by 2 %, and layers timed alone by about 13 %.
+instead of 2.84 ms) while ResNet-18 moves by 2 %, and layers timed alone by about 13 %. A ``--predict`` run that
+fell wholly in one (networks, references and table all timed in it) was still within 5.3 % for every network;
+a spell that starts or ends between the bench and the fill would not be.
 """
 from __future__ import annotations
 
