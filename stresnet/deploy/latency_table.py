@@ -286,8 +286,7 @@ def latency_costs(
         raise LatencyError(f"latency reference {reference!r}: expected 'floor' or 'dense'")
     refs = {name: reference_spec(sig, reference) for name, sig in layers.items()}
     wanted = _wanted(layers, options, threads, reference)
-    requests = {key: (layers[name], spec) for name, row in wanted.items() for key, spec in row.items()}
-    ms = measure_layers(table, requests, threads, timer=timer, progress=progress)
+    ms = measure_layers(table, _requests(layers, wanted), threads, timer=timer, progress=progress)
     total = measure_network(table, reference_network(model, layers, reference), input_size, threads, timer=timer)
     rest = total - math.fsum(ms[layers[n].key(s, threads)] for n, s in refs.items())
     per_layer = {name: {spec_key(spec): ms[key] for key, spec in row.items()} for name, row in wanted.items()}
@@ -303,6 +302,12 @@ def _wanted(layers: Mapping[str, LayerSignature], options: Mapping[str, Iterable
         for spec in [FULL, *specs, reference_spec(layers[name], reference)]:
             wanted[name].setdefault(layers[name].key(spec, threads), dict(spec))
     return wanted
+
+
+def _requests(layers: Mapping[str, LayerSignature], wanted: Mapping[str, Mapping[str, dict]]
+              ) -> dict[str, tuple[LayerSignature, dict]]:
+    """:func:`_wanted` as :func:`measure_layers` takes it: ``{spec key: (signature, spec)}``."""
+    return {key: (layers[name], spec) for name, row in wanted.items() for key, spec in row.items()}
 
 
 def search_latency(
@@ -350,7 +355,12 @@ def predict_plan(
 ) -> dict[str, float]:
     """Predicted batch-1 latency (ms) of ``plan``'s model: its base (with the plan's surgery) built dense,
     ``rest_ms`` measured on the reference, plus every searched layer's chosen spec timed alone."""
-    base, layers, specs = _plan_layers(plan, input_size, num_classes)
+    return _predict(table, *_plan_layers(plan, input_size, num_classes), input_size, threads, reference, timer)
+
+
+def _predict(table: LatencyTable, base: nn.Module, layers: Mapping[str, LayerSignature], specs: Mapping[str, dict],
+             input_size: Sequence[int], threads: int, reference: Reference, timer: Timer) -> dict[str, float]:
+    """:func:`predict_plan` once the plan's base, searched layers and specs are built (:func:`_plan_layers`)."""
     costs = latency_costs(table, base, layers, {n: [s] for n, s in specs.items()}, input_size, threads, reference,
                           timer)
     return {"predicted_ms": costs.total(specs), "rest_ms": costs.rest_ms, "layers": len(layers)}
@@ -402,15 +412,15 @@ def predict_vs_measured(
     0.02-0.09 ms higher each on this machine than the same layers timed in one fill (the 14x14 layers, measured
     in one process after the other), and the smallest variants were over-predicted by 17 % (16x, 32x); in one
     fill, two fresh runs were within 7 % for every variant."""
+    size, threads = bench["input_size"], bench["threads"]
+    built = {name: _plan_layers(plan, size, num_classes) for name, plan in plans.items()}
     requests: dict[str, tuple[LayerSignature, dict]] = {}
-    for plan in plans.values():  # every plan's layers timed in one fill, as a search's are (see measure_layers)
-        _, layers, specs = _plan_layers(plan, bench["input_size"], num_classes)
-        wanted = _wanted(layers, {n: [s] for n, s in specs.items()}, bench["threads"], reference)
-        requests.update({key: (layers[n], spec) for n, row in wanted.items() for key, spec in row.items()})
-    measure_layers(table, requests, bench["threads"], timer=timer)
+    for _, layers, specs in built.values():  # every plan's layers timed in one fill, as a search's are
+        requests.update(_requests(layers, _wanted(layers, {n: [s] for n, s in specs.items()}, threads, reference)))
+    measure_layers(table, requests, threads, timer=timer)
     out = {}
-    for name, plan in plans.items():
-        pred = predict_plan(table, plan, bench["input_size"], bench["threads"], num_classes, reference, timer)
+    for name in plans:
+        pred = _predict(table, *built[name], size, threads, reference, timer)
         measured = bench["models"][name]["onnxruntime"][QUIET]
         out[name] = {**pred, "measured_ms": measured, "rel_error": (pred["predicted_ms"] - measured) / measured}
     return out

@@ -56,7 +56,8 @@ ALL_ARMS = {**ARMS, **EXTRA_ARMS}
 MARKERS = {"searched": ("o", "C3"), "uniform": ("s", "C0"), "scratch_kd": ("^", "C2"), "scratch": ("v", "C1"),
            "pruned": ("D", "C4"), "searched_admm": ("o", "C3"), "uniform_admm": ("s", "C0"),
            "searched_direct": ("o", "C3"), "uniform_direct": ("s", "C0"),
-           "searched_macs": ("P", "C5"), "searched_macs_cal": ("P", "C6"), "uniform_direct_cal": ("s", "C7")}  # the other route: hollow markers
+           "searched_macs": ("P", "C5"), "searched_macs_cal": ("P", "C6"),
+           "uniform_direct_cal": ("s", "C7")}  # the other route: hollow markers
 # fine-tune fields that must match between arms for "the same budget" (KD and seed differ by design)
 BUDGET_KEYS = ("epochs", "input_size", "batch_size", "optimizer", "lr", "min_lr", "momentum", "weight_decay",
                "warmup_epochs", "label_smoothing", "kd_T", "max_steps_per_epoch")

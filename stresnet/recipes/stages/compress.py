@@ -23,13 +23,14 @@ def decompose(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     plan = Plan.load(state.plan)
     dense = run.model(state)
     result: dict = {}
-    _calibrate(state, p)
     how = p.get("stem_init", "fit")
     if how not in ("fit", "random"):
         raise RecipeError(f"stage decompose: stem_init {how!r} is not 'fit' or 'random'")
-    if plan.surgery.get("stem", {}).get("proj") and p.get("calibrated"):
+    stem_narrowed = bool(plan.surgery.get("stem", {}).get("proj"))
+    if stem_narrowed and p.get("calibrated"):
         raise RecipeError("stage decompose: calibrated bases are not built for a plan with a narrowed stem")
-    if plan.surgery.get("stem", {}).get("proj") and how == "fit":
+    _calibrate(state, p)
+    if stem_narrowed and how == "fit":
         from ...data import calibration_images
         from ...stem_init import narrowed_stem
 
@@ -43,7 +44,7 @@ def decompose(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     else:
         model = compress(dense, plan, init="decompose",
                          bases=calibrated_bases(run, state, dense, list(plan.factorised())))
-        if plan.surgery.get("stem", {}).get("proj"):
+        if stem_narrowed:
             result["stem_init"] = {"method": "random"}
     out.mkdir(parents=True, exist_ok=True)
     save_weights(model, out / "model.safetensors")
