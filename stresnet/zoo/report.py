@@ -50,6 +50,9 @@ EXTRA_ARMS: dict[str, tuple[str, str]] = {
                                  "KD for all the epochs"),
     "uniform_direct_cal": ("2dc", "arm 2d's plan, decomposed with calibrated bases on the same images, KD for all "
                                   "the epochs"),
+    # the route recipes/select_8x.yaml chose after the fine-tune on the selection split (issue #18)
+    "searched_step4_cal": ("1s", "the search on the step-4 grid (uniform's ranks are on it) at arm 2d's params and "
+                                 "MACs, scoring calibrated decompositions, built with them, KD for all the epochs"),
 }
 ROUTE_NOTE = ", by the ADMM route (the dense base is pulled toward the ranks before decomposing)"
 ALL_ARMS = {**ARMS, **EXTRA_ARMS}
@@ -57,7 +60,7 @@ MARKERS = {"searched": ("o", "C3"), "uniform": ("s", "C0"), "scratch_kd": ("^", 
            "pruned": ("D", "C4"), "searched_admm": ("o", "C3"), "uniform_admm": ("s", "C0"),
            "searched_direct": ("o", "C3"), "uniform_direct": ("s", "C0"),
            "searched_macs": ("P", "C5"), "searched_macs_cal": ("P", "C6"),
-           "uniform_direct_cal": ("s", "C7")}  # the other route: hollow markers
+           "uniform_direct_cal": ("s", "C7"), "searched_step4_cal": ("X", "C8")}  # the other route: hollow markers
 # fine-tune fields that must match between arms for "the same budget" (KD and seed differ by design)
 BUDGET_KEYS = ("epochs", "input_size", "batch_size", "optimizer", "lr", "min_lr", "momentum", "weight_decay",
                "warmup_epochs", "label_smoothing", "kd_T", "max_steps_per_epoch")
@@ -335,7 +338,8 @@ def _verdicts(ev: Evidence) -> list[str]:
             out.append(_compare(first, "1", ev.arms[alt_uniform], num_uniform, ev.label(alt_uniform)))
         if ev.arms[alt].runs and ev.arms[alt_uniform].runs:
             out.append(_compare(ev.arms[alt], num, ev.arms[alt_uniform], num_uniform, ev.label(alt_uniform)))
-    for searched, uniform_kind in (("searched_macs", "uniform_direct"), ("searched_macs_cal", "uniform_direct_cal")):
+    for searched, uniform_kind in (("searched_macs", "uniform_direct"), ("searched_macs_cal", "uniform_direct_cal"),
+                                   ("searched_step4_cal", "uniform_direct_cal"), ("searched_step4_cal", "uniform_direct")):
         macs, uniform = ev.arms[searched], ev.arms[uniform_kind]
         if macs.runs and uniform.runs:  # the comparison at equal compute (issue #18): say which budgets are equal
             m, u = macs.runs[0], uniform.runs[0]
