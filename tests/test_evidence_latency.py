@@ -121,22 +121,37 @@ def test_the_equal_compute_verdict_names_its_budget(tmp_path: Path) -> None:
     assert "the budget is NOT equal" in next(x for x in md.splitlines() if x.startswith("- Arm 1m"))
 
 
-def test_the_calibrated_pair_has_its_own_equal_compute_verdict(tmp_path: Path) -> None:
-    """Arms 1mc / 2dc (both built with calibrated bases) are compared with each other, not with 1m / 2d."""
-    recipes, results = _world(tmp_path)
+def _add_arms(recipes: Path, results: Path, top1: dict[str, float]) -> None:
+    """Give the tiny evidence_8x these arms (arm 1m's results, each with its own top-1)."""
     recipe = yaml.safe_load((recipes / "evidence_8x.yaml").read_text())
-    recipe["arms"].update({"searched_macs_cal": [{"plan": {"file": ZOO_8X}}],
-                           "uniform_direct_cal": [{"plan": {"file": ZOO_8X}}]})
+    recipe["arms"].update({kind: [{"plan": {"file": ZOO_8X}}] for kind in top1})
     (recipes / "evidence_8x.yaml").write_text(yaml.safe_dump(recipe))
     data = json.loads((results / "evidence_8x.json").read_text())
-    for kind, top1 in (("searched_macs_cal", 0.85), ("uniform_direct_cal", 0.90)):
+    for kind, value in top1.items():
         row = json.loads(json.dumps(data["arms"]["searched_macs"]))
-        row["final"]["top1"] = top1
+        row["final"]["top1"] = value
         row["stages"][-1]["result"] = row["final"]
         data["arms"][kind] = row
     (results / "evidence_8x.json").write_text(json.dumps(data))
+
+
+def test_the_calibrated_pair_has_its_own_equal_compute_verdict(tmp_path: Path) -> None:
+    """Arms 1mc / 2dc (both built with calibrated bases) are compared with each other, not with 1m / 2d."""
+    recipes, results = _world(tmp_path)
+    _add_arms(recipes, results, {"searched_macs_cal": 0.85, "uniform_direct_cal": 0.90})
     md = evidence_markdown(*load_evidence(recipes, results))
     verdict = next(x for x in md.splitlines() if x.startswith("- **Arm 1mc"))
     assert "does not beat arm 2dc" in verdict and "ahead by 5.00 pt" in verdict
     assert "at most equal params and MACs" in verdict
     assert "beats arm 2d " in next(x for x in md.splitlines() if x.startswith("- Arm 1m "))  # the pair 1m/2d unchanged
+
+
+def test_the_chosen_route_is_compared_with_both_uniform_arms(tmp_path: Path) -> None:
+    """Arm 1s (calibrated) meets its like-for-like uniform arm (2dc) and the weight-only one (2d): "at least as
+    accurate as uniform ranks" must hold against the better of the two."""
+    recipes, results = _world(tmp_path)
+    _add_arms(recipes, results, {"searched_step4_cal": 0.85, "uniform_direct_cal": 0.83})
+    lines = [x for x in evidence_markdown(*load_evidence(recipes, results)).splitlines() if "Arm 1s " in x]
+    assert len(lines) == 2
+    assert "beats arm 2dc" in lines[0] and "by 2.00 pt" in lines[0] and "at most equal params and MACs" in lines[0]
+    assert "does not beat arm 2d**" in lines[1] and "ahead by 1.00 pt" in lines[1]  # arm 2d has 0.86 in _world
