@@ -51,7 +51,7 @@ EXTRA_ARMS: dict[str, tuple[str, str]] = {
     "uniform_direct_cal": ("2dc", "arm 2d's plan, decomposed with calibrated bases on the same images, KD for all "
                                   "the epochs"),
     # the route recipes/select_8x.yaml chose after the fine-tune on the selection split (issue #18)
-    "searched_step4_cal": ("1s", "the search on the step-4 grid (uniform's ranks are on it) at arm 2d's params and "
+    "searched_step4_cal": ("1sel", "the search on the step-4 grid (uniform's ranks are on it) at arm 2d's params and "
                                  "MACs, scoring calibrated decompositions, built with them, KD for all the epochs"),
 }
 ROUTE_NOTE = ", by the ADMM route (the dense base is pulled toward the ranks before decomposing)"
