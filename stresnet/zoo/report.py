@@ -51,8 +51,9 @@ EXTRA_ARMS: dict[str, tuple[str, str]] = {
     "uniform_direct_cal": ("2dc", "arm 2d's plan, decomposed with calibrated bases on the same images, KD for all "
                                   "the epochs"),
     # the route recipes/select_8x.yaml chose after the fine-tune on the selection split (issue #18)
-    "searched_step4_cal": ("1sel", "the search on the step-4 grid (uniform's ranks are on it) at arm 2d's params and "
-                                 "MACs, scoring calibrated decompositions, built with them, KD for all the epochs"),
+    "searched_step4_cal": ("1sel", "the search on the step-4 grid (uniform's ranks are on it) at arm 2d's params "
+                                   "and MACs, scoring calibrated decompositions, built with them, KD for all the "
+                                   "epochs"),
 }
 ROUTE_NOTE = ", by the ADMM route (the dense base is pulled toward the ranks before decomposing)"
 ALL_ARMS = {**ARMS, **EXTRA_ARMS}
@@ -338,8 +339,9 @@ def _verdicts(ev: Evidence) -> list[str]:
             out.append(_compare(first, "1", ev.arms[alt_uniform], num_uniform, ev.label(alt_uniform)))
         if ev.arms[alt].runs and ev.arms[alt_uniform].runs:
             out.append(_compare(ev.arms[alt], num, ev.arms[alt_uniform], num_uniform, ev.label(alt_uniform)))
-    for searched, uniform_kind in (("searched_macs", "uniform_direct"), ("searched_macs_cal", "uniform_direct_cal"),
-                                   ("searched_step4_cal", "uniform_direct_cal"), ("searched_step4_cal", "uniform_direct")):
+    pairs = (("searched_macs", "uniform_direct"), ("searched_macs_cal", "uniform_direct_cal"),
+             ("searched_step4_cal", "uniform_direct_cal"), ("searched_step4_cal", "uniform_direct"))
+    for searched, uniform_kind in pairs:
         macs, uniform = ev.arms[searched], ev.arms[uniform_kind]
         if macs.runs and uniform.runs:  # the comparison at equal compute (issue #18): say which budgets are equal
             m, u = macs.runs[0], uniform.runs[0]
