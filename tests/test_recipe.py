@@ -146,6 +146,21 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "finetune" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_missing_base_checkpoint_stops_the_run_before_any_stage(tree, tmp_path):
+    """A recipe whose base another recipe makes (select_8x_fitbase) loads before that base exists; run too early,
+    it says so in one line and writes nothing, instead of failing after its first stages."""
+    recipe = tmp_path / "early.yaml"
+    recipe.write_text(f"name: early\ndata: {tree}\nbase: {{model: resnet18, num_classes: 3, checkpoint: "
+                      f"{tmp_path / 'later.safetensors'}}}\nstages:\n  - plan: {{uniform: {{step: 4}}}}\n")
+    proc = subprocess.run([sys.executable, "-m", "stresnet.cli", "recipe", "run", str(recipe), "--out",
+                           str(tmp_path / "runs"), "--results", str(tmp_path / "early.json")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
+    assert "base.checkpoint" in proc.stderr and "later.safetensors" in proc.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "early.json").exists()
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_loads(path, monkeypatch):
     monkeypatch.setenv("IMAGENET_ROOT", "/data/imagenet")

@@ -93,6 +93,17 @@ def after_stage(run: Run, arm: str, arm_results: dict, kind: str, result: dict) 
         arm_results["final"] = result["final"]
 
 
+def prepare(recipe: dict) -> None:
+    """Before anything runs: a base checkpoint that is not there yet (another recipe makes it) is one line, not
+    a failure after the first stages. Checked here, not in :func:`check`: a recipe loads before its base exists."""
+    from pathlib import Path
+
+    checkpoint = recipe["base"].get("checkpoint")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise RecipeError(f"recipe {recipe['_path']}: base.checkpoint {checkpoint} does not exist (make it first, "
+                          f"or point at another with --set base.checkpoint=PATH)")
+
+
 TASK = Task(name="classify", stages=STAGES, state=State, check=check, header=header, run_class=ClassifyRun,
             initial_state=lambda recipe: State(weights=recipe["base"].get("checkpoint")),
-            distributed=DISTRIBUTED_STAGES, after_stage=after_stage)
+            distributed=DISTRIBUTED_STAGES, prepare=prepare, after_stage=after_stage)
