@@ -155,3 +155,13 @@ def test_the_chosen_route_is_compared_with_both_uniform_arms(tmp_path: Path) -> 
     assert len(lines) == 2
     assert "beats arm 2dc" in lines[0] and "by 2.00 pt" in lines[0] and "at most equal params and MACs" in lines[0]
     assert "does not beat arm 2d**" in lines[1] and "ahead by 1.00 pt" in lines[1]  # arm 2d has 0.86 in _world
+
+
+def test_the_weight_only_route_meets_its_like_for_like_uniform_arm(tmp_path: Path) -> None:
+    """Arm 1sw (the step-4 search with weight-only bases) is compared with arm 2d (uniform ranks, the same bases)."""
+    recipes, results = _world(tmp_path)
+    _add_arms(recipes, results, {"searched_step4": 0.84})
+    lines = [x for x in evidence_markdown(*load_evidence(recipes, results)).splitlines() if "Arm 1sw " in x]
+    assert len(lines) == 1
+    assert "does not beat arm 2d**" in lines[0] and "ahead by 2.00 pt" in lines[0]  # arm 2d has 0.86 in _world
+    assert "at most equal params and MACs" in lines[0]

@@ -54,6 +54,10 @@ EXTRA_ARMS: dict[str, tuple[str, str]] = {
     "searched_step4_cal": ("1sel", "the search on the step-4 grid (uniform's ranks are on it) at arm 2d's params "
                                    "and MACs, scoring calibrated decompositions, built with them, KD for all the "
                                    "epochs"),
+    # arm 1sel's search with weight-only bases, arm 2d's like-for-like partner: recipes/select_8x_fitbase.yaml
+    # (a base that never saw the selection split) ranked it above uniform ranks with the same bases
+    "searched_step4": ("1sw", "the search on the step-4 grid at arm 2d's params and MACs, scoring weight-only "
+                              "decompositions, built with them, KD for all the epochs"),
 }
 ROUTE_NOTE = ", by the ADMM route (the dense base is pulled toward the ranks before decomposing)"
 ALL_ARMS = {**ARMS, **EXTRA_ARMS}
@@ -61,7 +65,8 @@ MARKERS = {"searched": ("o", "C3"), "uniform": ("s", "C0"), "scratch_kd": ("^", 
            "pruned": ("D", "C4"), "searched_admm": ("o", "C3"), "uniform_admm": ("s", "C0"),
            "searched_direct": ("o", "C3"), "uniform_direct": ("s", "C0"),
            "searched_macs": ("P", "C5"), "searched_macs_cal": ("P", "C6"),
-           "uniform_direct_cal": ("s", "C7"), "searched_step4_cal": ("X", "C8")}  # the other route: hollow markers
+           "uniform_direct_cal": ("s", "C7"), "searched_step4_cal": ("X", "C8"),
+           "searched_step4": ("X", "C9")}  # the other route: hollow markers
 # fine-tune fields that must match between arms for "the same budget" (KD and seed differ by design)
 BUDGET_KEYS = ("epochs", "input_size", "batch_size", "optimizer", "lr", "min_lr", "momentum", "weight_decay",
                "warmup_epochs", "label_smoothing", "kd_T", "max_steps_per_epoch")
@@ -340,7 +345,8 @@ def _verdicts(ev: Evidence) -> list[str]:
         if ev.arms[alt].runs and ev.arms[alt_uniform].runs:
             out.append(_compare(ev.arms[alt], num, ev.arms[alt_uniform], num_uniform, ev.label(alt_uniform)))
     pairs = (("searched_macs", "uniform_direct"), ("searched_macs_cal", "uniform_direct_cal"),
-             ("searched_step4_cal", "uniform_direct_cal"), ("searched_step4_cal", "uniform_direct"))
+             ("searched_step4_cal", "uniform_direct_cal"), ("searched_step4_cal", "uniform_direct"),
+             ("searched_step4", "uniform_direct"))
     for searched, uniform_kind in pairs:
         macs, uniform = ev.arms[searched], ev.arms[uniform_kind]
         if macs.runs and uniform.runs:  # the comparison at equal compute (issue #18): say which budgets are equal
