@@ -146,6 +146,28 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "finetune" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_recipe_that_extends_another_states_only_what_differs(tmp_path):
+    """``extends``: mappings merge key by key (base.checkpoint replaced, base.model kept), lists replace."""
+    (tmp_path / "first.yaml").write_text("name: first\ndata: /d\nbase: {model: resnet18, num_classes: 10, "
+                                         "checkpoint: a.safetensors}\nstages:\n  - eval: {}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "second.yaml").write_text("extends: ../first.yaml\nname: second\n"
+                                                  "base: {checkpoint: b.safetensors}\nstages:\n  - plan: {}\n")
+    recipe = load_recipe(tmp_path / "sub" / "second.yaml")
+    assert recipe["name"] == "second" and recipe["data"] == "/d"
+    assert recipe["base"] == {"model": "resnet18", "num_classes": 10, "checkpoint": "b.safetensors"}
+    assert recipe["stages"] == [{"plan": {}}] and "extends" not in recipe
+    assert load_recipe(tmp_path / "first.yaml")["base"]["checkpoint"] == "a.safetensors"  # the original unchanged
+
+
+@pytest.mark.parametrize("parent, message", [("gone.yaml", "which does not exist"), ("loop.yaml", "extends it back")])
+def test_a_broken_extends_is_one_line(tmp_path, parent, message):
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\nname: loop\n")
+    (tmp_path / "child.yaml").write_text(f"extends: {parent}\nname: child\n")
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(tmp_path / "child.yaml")
+
+
 def test_a_missing_base_checkpoint_stops_the_run_before_any_stage(tree, tmp_path):
     """A recipe whose base another recipe makes (select_8x_fitbase) loads before that base exists; run too early,
     it says so in one line and writes nothing, instead of failing after its first stages."""

@@ -17,7 +17,9 @@ A recipe is data, run by ``stresnet recipe run recipes/<file>.yaml``::
 ``${shared}`` is ``$STRESNET_SHARED`` or ``../shared`` of the current folder; ``${env:VAR}`` reads
 any environment variable; ``--set key.sub=value`` overrides any field, a number
 indexing a list (``--set stages.2.finetune.epochs=1``), so an ImageNet recipe
-runs wherever ImageNet lives. ``task: detect`` selects the detector stages.
+runs wherever ImageNet lives. ``extends: other.yaml`` (relative to the file) starts from another
+recipe and states only what differs (mappings merge key by key, lists replace): a variant
+with another base cannot drift from its original. ``task: detect`` selects the detector stages.
 
     config.py       loading, overrides, variables, the checks every task shares
     runner.py       the one runner: stage folders, ``--resume``, arms, torchrun, results JSON + provenance

@@ -96,20 +96,42 @@ def _apply_override(recipe: dict, assignment: str, source: str) -> None:
             raise RecipeError(f"{source}: --set {key}: {parts[i - 1]!r} holds a value, not a mapping or list")
 
 
-def read_recipe(path: str | Path, overrides: Iterable[str] = ()) -> dict:
-    """Read, override (``key.sub=value``) and substitute variables; the task's checks come after
-    (:func:`stresnet.recipes.tasks.load_recipe`)."""
+def _merged(base: dict, own: dict) -> dict:
+    """``own`` over ``base``: mappings merge key by key, anything else (a list of stages too) replaces."""
+    out = dict(base)
+    for key, value in own.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """One recipe file as a mapping; ``extends: other.yaml`` (relative to this file) starts from that recipe, so
+    that a variant (another base, another budget) states only what differs and cannot drift from its original."""
     import yaml
 
-    path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"recipe {path}: no such file")
+        raise RecipeError(f"recipe {path}: no such file" if not seen else f"recipe {seen[-1]}: extends {path}, "
+                          f"which does not exist")
     try:
         recipe = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise RecipeError(f"recipe {path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(recipe, dict):
         raise RecipeError(f"recipe {path}: expected a mapping at the top level")
+    parent = recipe.pop("extends", None)
+    if parent is None:
+        return recipe
+    parent = path.parent / str(parent)
+    if parent.resolve() in {p.resolve() for p in (*seen, path)}:
+        raise RecipeError(f"recipe {path}: extends {parent}, which extends it back")
+    return _merged(_load_yaml(parent, (*seen, path)), recipe)
+
+
+def read_recipe(path: str | Path, overrides: Iterable[str] = ()) -> dict:
+    """Read (following ``extends``), override (``key.sub=value``) and substitute variables; the task's checks come
+    after (:func:`stresnet.recipes.tasks.load_recipe`)."""
+    path = Path(path)
+    recipe = _load_yaml(path)
     for assignment in overrides:
         _apply_override(recipe, assignment, str(path))
     recipe = _substitute(recipe, str(path))
