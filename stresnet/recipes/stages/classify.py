@@ -18,6 +18,8 @@ Stages (``stresnet recipe run``; see the package docstring for the YAML):
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..config import RecipeError, check_header, stage_list
 from ..runner import Run
 from ..runner import Task
@@ -96,8 +98,6 @@ def after_stage(run: Run, arm: str, arm_results: dict, kind: str, result: dict) 
 def prepare(recipe: dict) -> None:
     """Before anything runs: a base checkpoint that is not there yet (another recipe makes it) is one line, not
     a failure after the first stages. Checked here, not in :func:`check`: a recipe loads before its base exists."""
-    from pathlib import Path
-
     checkpoint = recipe["base"].get("checkpoint")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise RecipeError(f"recipe {recipe['_path']}: base.checkpoint {checkpoint} does not exist (make it first, "
