@@ -146,12 +146,13 @@ def test_the_calibrated_pair_has_its_own_equal_compute_verdict(tmp_path: Path) -
     assert "beats arm 2d " in next(x for x in md.splitlines() if x.startswith("- Arm 1m "))  # the pair 1m/2d unchanged
 
 
-def test_the_chosen_route_is_compared_with_both_uniform_arms(tmp_path: Path) -> None:
-    """Arm 1sel (calibrated) meets its like-for-like uniform arm (2dc) and the weight-only one (2d): "at least as
-    accurate as uniform ranks" must hold against the better of the two."""
+@pytest.mark.parametrize("kind, arm", [("searched_step4_cal", "1sel"), ("searched_step4t_cal", "1t")])
+def test_the_chosen_route_is_compared_with_both_uniform_arms(tmp_path: Path, kind: str, arm: str) -> None:
+    """A chosen calibrated route (arm 1sel; arm 1t, its tied-rank search) meets its like-for-like uniform arm (2dc)
+    and the weight-only one (2d): "at least as accurate as uniform ranks" must hold against the better of the two."""
     recipes, results = _world(tmp_path)
-    _add_arms(recipes, results, {"searched_step4_cal": 0.85, "uniform_direct_cal": 0.83})
-    lines = [x for x in evidence_markdown(*load_evidence(recipes, results)).splitlines() if "Arm 1sel " in x]
+    _add_arms(recipes, results, {kind: 0.85, "uniform_direct_cal": 0.83})
+    lines = [x for x in evidence_markdown(*load_evidence(recipes, results)).splitlines() if f"Arm {arm} " in x]
     assert len(lines) == 2
     assert "beats arm 2dc" in lines[0] and "by 2.00 pt" in lines[0] and "at most equal params and MACs" in lines[0]
     assert "does not beat arm 2d**" in lines[1] and "ahead by 1.00 pt" in lines[1]  # arm 2d has 0.86 in _world

@@ -544,3 +544,28 @@ def test_decompose_calibrated_builds_any_plan_with_calibrated_bases_and_refuses_
                                           r"calibrated on 12 \(seed 0\)"):
         run_recipe(load_recipe(_write(tmp_path, recipe)), out_root=tmp_path / "runs",
                    results_path=tmp_path / "clash.json", progress=False, log=lambda _: None)
+
+
+def test_a_tied_search_gives_each_layer_one_rank_for_both_channel_modes(tree, tmp_path):
+    """``search: {tied: true}`` searches only how ranks are spread across layers (``stresnet search
+    --tied-ranks``): every Tucker-2 layer of its plan has ``r_in = min(r_out, C_in)``, and the search report says
+    so; the default search picks the two ranks independently. (The output-MSE estimator: the random base's
+    zero-initialised last BNs leave the Fisher estimator no gradient to weigh.)"""
+    from stresnet.plan import Plan
+    from stresnet.resolve import model_from_name
+
+    convs = dict(model_from_name("resnet18", num_classes=3).named_modules())
+    for tied in (True, False):
+        name = f"tied_{tied}".lower()
+        recipe = {"format": "stresnet-recipe/1", "name": name, "data": str(tree), "input_size": 32,
+                  "base": {"model": "resnet18", "num_classes": 3},
+                  "stages": [{"search": {"budget": "4x", "step": 16, "calib": 12, "estimator": "mse", "tied": tied}}]}
+        run_recipe(load_recipe(_write(tmp_path, recipe)), out_root=tmp_path / "runs",
+                   results_path=tmp_path / f"{name}.json", progress=False, log=lambda _: None)
+        search = tmp_path / "runs" / name / "search"
+        assert json.loads((search / "report.json").read_text())["tied_ranks"] is tied
+        plan = Plan.load(next(search.glob("plan_*.json")))
+        ranks = {layer: spec["ranks"] for layer, spec in plan.layers.items() if spec["type"] == "tucker2"}
+        assert ranks
+        balanced = [r_in == min(r_out, convs[layer].in_channels) for layer, (r_out, r_in) in ranks.items()]
+        assert all(balanced) if tied else not all(balanced)

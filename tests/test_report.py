@@ -122,13 +122,34 @@ def test_arm_1_losing_is_said_plainly_and_seed_spread_is_reported(tmp_path):
     sixteen = _section(md, "stresnet18_16x")
     assert "| 87.00 ± 1.00 (n=3) | -1.50 |" in sixteen  # mean of 86/87/88, sample std, vs the 88.5 base
     assert "Arm 1 beats arm 2 (uniform ranks at >= arm 1's params, decomposed, KD) by 2.50 pt (50 images); " \
-           "seed std: arm 1 1.00 pt (n=3), arm 2 0.71 pt (n=2)." in sixteen
+           "seed std: arm 1 1.00 pt (n=3), arm 2 0.71 pt (n=2); paired by fine-tune seed (0, 1): +2.00, +2.00 pt, " \
+           "95 % interval of the mean +2.00 to +2.00 pt (excludes 0)." in sixteen
     assert "| 0, 1, 2 |" in sixteen
     assert "Budget, the same for the 8 runs above" in sixteen and "(arm 4: no teacher" in sixteen
     notes = card_notes(*load_evidence(tmp_path / "in" / "recipes", tmp_path / "in" / "results"))
     assert set(notes) == {f"{v}.imagenette" for v in ("stresnet18_8x", "stresnet18_16x", "stresnet_pico")}
     assert "**Arm 1 does not beat arm 2**" in notes["stresnet18_8x.imagenette"]
     assert "2 epochs at 128 px" in notes["stresnet18_16x.imagenette"]
+
+
+def test_a_gap_inside_the_seed_to_seed_noise_is_said_to_be(tmp_path):
+    """Arms fine-tuned with the same seeds are also compared seed by seed: per-seed differences that change sign
+    (+1, -1, +0.5 pt: mean 0.17, sample std 1.04) give a 95 % t-interval that contains 0, however far apart the
+    pooled means are; a seed only one arm ran (seed 3 here) is left out of the pairing."""
+    recipes, results = tmp_path / "recipes", tmp_path / "results"
+    recipes.mkdir()
+    results.mkdir()
+    searched, uniform = [0.870, 0.860, 0.875, 0.900], [0.860, 0.870, 0.870]
+    arms = {"searched": _arm(searched[0], 696819, reference=True),
+            **{f"searched_seed{s}": _arm(searched[s], 696819, seed=s) for s in (1, 2, 3)},
+            "uniform": _arm(uniform[0], 737003),
+            **{f"uniform_seed{s}": _arm(uniform[s], 737003, seed=s) for s in (1, 2)}}
+    (recipes / "evidence_16x.yaml").write_text(yaml.safe_dump(_recipe("evidence_16x", "stresnet18_16x", list(arms))))
+    (results / "evidence_16x.json").write_text(json.dumps({"name": "evidence_16x", "hardware": HW, "arms": arms}))
+    md, _ = _render(recipes, results, tmp_path)
+    line = next(x for x in md.splitlines() if x.startswith("- Arm 1 beats arm 2 "))
+    assert line.endswith("; paired by fine-tune seed (0, 1, 2): +1.00, -1.00, +0.50 pt, 95 % interval of the mean "
+                         "-2.42 to +2.75 pt (contains 0: the gap is inside seed noise).")
 
 
 def test_a_different_budget_is_flagged(tmp_path):

@@ -75,7 +75,7 @@ def search_and_write(
         attach_latency(space, latency(net, space))
     result = run_search(space, parsed, baselines)
     measured: dict[str, dict[str, dict]] = {}
-    extra: dict = {"estimator": estimator, "search_space": search_space, "calibrated": calibrated,
+    extra: dict = {"estimator": estimator, "search_space": search_space, "calibrated": calibrated, "tied_ranks": tied,
                    "calibration": {"images": len(images), "size": size, "seed": seed, "seconds": t_calib,
                                    "source": "train/ fit part (no selection split, no ILSVRC2012_val_*)"},
                    "checkpoint": str(checkpoint) if checkpoint else None}

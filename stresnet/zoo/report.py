@@ -58,6 +58,9 @@ EXTRA_ARMS: dict[str, tuple[str, str]] = {
     # (a base that never saw the selection split) ranked it above uniform ranks with the same bases
     "searched_step4": ("1sw", "the search on the step-4 grid at arm 2d's params and MACs, scoring weight-only "
                               "decompositions, built with them, KD for all the epochs"),
+    # the route recipes/select_8x_fitbase.yaml chose once it also offered tied ranks (one per layer, as STResNet)
+    "searched_step4t_cal": ("1t", "arm 1sel's search with one rank for both channel modes of each layer, scoring "
+                                  "calibrated decompositions, built with them, KD for all the epochs"),
 }
 ROUTE_NOTE = ", by the ADMM route (the dense base is pulled toward the ranks before decomposing)"
 ALL_ARMS = {**ARMS, **EXTRA_ARMS}
@@ -66,7 +69,7 @@ MARKERS = {"searched": ("o", "C3"), "uniform": ("s", "C0"), "scratch_kd": ("^", 
            "searched_direct": ("o", "C3"), "uniform_direct": ("s", "C0"),
            "searched_macs": ("P", "C5"), "searched_macs_cal": ("P", "C6"),
            "uniform_direct_cal": ("s", "C7"), "searched_step4_cal": ("X", "C8"),
-           "searched_step4": ("X", "C9")}  # the other route: hollow markers
+           "searched_step4": ("X", "C9"), "searched_step4t_cal": ("*", "C8")}  # the other route: hollow markers
 # fine-tune fields that must match between arms for "the same budget" (KD and seed differ by design)
 BUDGET_KEYS = ("epochs", "input_size", "batch_size", "optimizer", "lr", "min_lr", "momentum", "weight_decay",
                "warmup_epochs", "label_smoothing", "kd_T", "max_steps_per_epoch")
@@ -315,12 +318,37 @@ def _compare(first: Arm, num1: str, other: Arm, num: str, label: str) -> str:
         spread = f"; seed std: arm {num1} {sd(first)}, arm {num} {sd(other)}"
     else:
         spread = "; one seed each, so no seed spread to judge noise by"
+    spread += _paired(first, other)
     if d > 0:
-        return f"- Arm {num1} beats arm {num} ({label}) by {d:.2f} pt ({images} images){spread}."
+        return f"- Arm {num1} beats arm {num} ({label}) by {d:.2f} pt ({_images(images)}){spread}."
     if d == 0:
         return f"- **Arm {num1} does not beat arm {num}** ({label}): they tie{spread}."
     return (f"- **Arm {num1} does not beat arm {num}** ({label}): arm {num} is ahead by {-d:.2f} pt "
-            f"({images} images){spread}.")
+            f"({_images(images)}){spread}.")
+
+
+def _images(n: int) -> str:
+    return f"{n} image{'' if n == 1 else 's'}"
+
+
+def _paired(first: Arm, other: Arm) -> str:
+    """The gap seed by seed, where both arms ran the same fine-tune seeds (same data order): the spread of those
+    differences, not of each arm, is the noise a ranking must clear. A 95 % t-interval of the mean difference
+    (scipy); "" when fewer than two seeds are shared."""
+    from scipy import stats
+
+    mine, theirs = ({r.seed: r.top1 for r in a.runs if r.seed is not None} for a in (first, other))
+    seeds = sorted(set(mine) & set(theirs))
+    if len(seeds) < 2:
+        return ""
+    diffs = [100 * (mine[s] - theirs[s]) for s in seeds]
+    mean = sum(diffs) / len(diffs)
+    sem = math.sqrt(sum((x - mean) ** 2 for x in diffs) / (len(diffs) - 1) / len(diffs))
+    half = stats.t.ppf(0.975, len(diffs) - 1) * sem
+    low, high = mean - half, mean + half
+    where = "contains 0: the gap is inside seed noise" if low <= 0 <= high else "excludes 0"
+    return (f"; paired by fine-tune seed ({', '.join(map(str, seeds))}): {', '.join(f'{x:+.2f}' for x in diffs)} pt, "
+            f"95 % interval of the mean {low:+.2f} to {high:+.2f} pt ({where})")
 
 
 def _verdicts(ev: Evidence) -> list[str]:
@@ -346,7 +374,8 @@ def _verdicts(ev: Evidence) -> list[str]:
             out.append(_compare(ev.arms[alt], num, ev.arms[alt_uniform], num_uniform, ev.label(alt_uniform)))
     pairs = (("searched_macs", "uniform_direct"), ("searched_macs_cal", "uniform_direct_cal"),
              ("searched_step4_cal", "uniform_direct_cal"), ("searched_step4_cal", "uniform_direct"),
-             ("searched_step4", "uniform_direct"))
+             ("searched_step4", "uniform_direct"), ("searched_step4t_cal", "uniform_direct_cal"),
+             ("searched_step4t_cal", "uniform_direct"))
     for searched, uniform_kind in pairs:
         macs, uniform = ev.arms[searched], ev.arms[uniform_kind]
         if macs.runs and uniform.runs:  # the comparison at equal compute (issue #18): say which budgets are equal

@@ -10,7 +10,8 @@ from .common import ClassifyRun, State, calibrated_bases, require
 
 def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     """CompressNAS: estimator tables + ILP at ``budget``; sets the plan. ``calibrated: true``: calibrated
-    decompositions (scored here, built by the later stages on the same images). ``cost_size``: price MACs, RAM and
+    decompositions (scored here, built by the later stages on the same images). ``tied: true``: one rank for both
+    channel modes of each layer (as STResNet; ``stresnet search --tied-ranks``). ``cost_size``: price MACs, RAM and
     latency at that input size (e.g. 224 while calibrating at the recipe's 128); a ``latency<=`` term times the
     options on this machine first (:func:`_latency_source`). ``family: stresnet_pico``: the structure search
     at that ST variant's four budgets instead (:func:`family_search`)."""
@@ -27,7 +28,7 @@ def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     try:
         report = search_and_write(run.base["model"], Path(state.weights) if state.weights else None, run.data,
                                   [budget], out, num_classes=run.base.get("num_classes"), size=run.input_size,
-                                  calib=calib, step=int(p.get("step", STEP)),
+                                  calib=calib, step=int(p.get("step", STEP)), tied=bool(p.get("tied", False)),
                                   estimator=str(p.get("estimator", ESTIMATOR)), seed=seed,
                                   progress=run.progress, search_space=str(p.get("space", "compressnas")),
                                   latency=_latency_source(run, p, out), cost_size=cost_size,
