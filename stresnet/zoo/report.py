@@ -8,7 +8,8 @@ dropped or filled in. Arms are named by kind (``searched``, ``uniform``,
 ``scratch_kd``, ``scratch``, ``pruned``; optionally ``searched_direct`` / ``uniform_direct``
 (arms 1d/2d) or ``searched_admm`` / ``uniform_admm`` (1b/2b): arms 1 and 2 by the other
 initialisation route, direct decomposition or ADMM), seed repeats as ``<kind>_seed<N>``;
-repeats of one kind are pooled into mean +/- std (sample std). An optional
+repeats of one kind are pooled into mean +/- std (sample std), and two arms that ran the same seeds are
+also compared seed by seed (:func:`_paired`). An optional
 ``evidence: {note: ...}`` in a recipe is printed under its variant's verdicts:
 the place to say *why* arm 1 lost where it did (words only; numbers come
 from the JSONs).
