@@ -326,3 +326,27 @@ def test_mixup_shows_teacher_and_student_the_same_mixed_images(tree, tmp_path):
         TrainConfig(mixup=-1.0)
     with pytest.raises(ValueError, match="TrainConfig.mixup needs an even batch_size, got 7"):
         TrainConfig(mixup=1.0, batch_size=7)  # never a silent run without mixing
+
+
+def test_channels_last_is_refused_on_cpu_for_a_strided_1x1_conv_with_few_input_channels():
+    """oneDNN#6035: a strided 1x1 conv with fewer than 8 input channels hangs, crashes or gets wrong weight
+    gradients in the CPU channels-last kernel. Tucker-2 makes one from a downsample conv at input rank 4 (the 32x
+    uniform plan does), so such a model trains contiguous on CPU, with the layer named; rank 8 and CUDA keep
+    channels-last."""
+    import timm
+
+    from stresnet.plan import Plan, compress
+    from stresnet.utils.memory_format import channels_last_blockers, train_memory_format
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for rank, blocked in ((4, True), (8, False)):
+        model = compress(timm.create_model("resnet18", num_classes=3),
+                         Plan(layers={"layer2.0.downsample.0": {"type": "tucker2", "ranks": [rank, rank]}}),
+                         init="random")
+        assert bool(channels_last_blockers(model)) is blocked
+        fmt, why = train_memory_format(model, True, cpu)
+        assert (fmt, why is not None) == ((torch.contiguous_format, True) if blocked else (torch.channels_last, False))
+        if blocked:
+            assert "layer2.0.downsample.0" in why and "oneDNN#6035" in why
+        assert train_memory_format(model, True, cuda) == (torch.channels_last, None)
+        assert train_memory_format(model, False, cpu) == (torch.contiguous_format, None)

@@ -56,6 +56,7 @@ from timm.utils import random_seed
 from tqdm import tqdm
 
 from ..utils.distributed import all_reduce_sum, broadcast_buffers, cleanup_distributed, dist_info, setup_distributed
+from ..utils.memory_format import train_memory_format
 from ..utils.metrics import TopK
 from ..utils.modes import eval_mode, freeze_bn_statistics
 from .config import TrainConfig, add_finetune_args, train_options
@@ -232,7 +233,10 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
     amp_dtype = None
     if amp and cuda:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    memory_format, refused = train_memory_format(student, cfg.channels_last, device)
+    if refused and main_rank:
+        log.warning("%s", refused)
+    channels_last = memory_format == torch.channels_last
 
     # data
     train = TrainLoader(train_dir, cfg.input_size, cfg.batch_size, seed=cfg.seed, workers=cfg.workers, pin_memory=cuda,
@@ -356,9 +360,9 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
         top1 = top5 = None
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_steps, 1), "lr": lr}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            top1, top5 = _evaluate(student, val, device, amp_dtype, cfg.channels_last)
+            top1, top5 = _evaluate(student, val, device, amp_dtype, channels_last)
             if selection is not None:
-                row["selection_top1"] = _evaluate(student, selection, device, amp_dtype, cfg.channels_last)[0]
+                row["selection_top1"] = _evaluate(student, selection, device, amp_dtype, channels_last)[0]
         row.update({"val_top1": top1, "val_top5": top5, "seconds": round(time.perf_counter() - t0, 3)})
         metrics.append(row)
         rngs = [None] * world
@@ -393,6 +397,7 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
         "world_size": world,
         "out_dir": str(out_dir),
         "config": asdict(cfg),
+        **({"channels_last_refused": refused} if refused else {}),
     }
 
 
