@@ -344,8 +344,7 @@ def _paired(first: Arm, other: Arm) -> str:
         return ""
     diffs = [100 * (mine[s] - theirs[s]) for s in seeds]
     mean = sum(diffs) / len(diffs)
-    sem = math.sqrt(sum((x - mean) ** 2 for x in diffs) / (len(diffs) - 1) / len(diffs))
-    half = stats.t.ppf(0.975, len(diffs) - 1) * sem
+    half = stats.t.ppf(0.975, len(diffs) - 1) * stats.sem(diffs)  # not t.interval: it gives nan at zero spread
     low, high = mean - half, mean + half
     where = "contains 0: the gap is inside seed noise" if low <= 0 <= high else "excludes 0"
     return (f"; paired by fine-tune seed ({', '.join(map(str, seeds))}): {', '.join(f'{x:+.2f}' for x in diffs)} pt, "
