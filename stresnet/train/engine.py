@@ -182,13 +182,13 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, loader, device: torch.device, amp_dtype, channels_last: bool) -> tuple[float, float]:
+def _evaluate(model: nn.Module, loader, device: torch.device, amp_dtype,
+              memory_format: torch.memory_format) -> tuple[float, float]:
     acc = TopK()
     with eval_mode(model):
         for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            y = y.to(device, non_blocking=True)
             with _autocast(device, amp_dtype):
                 out = model(x)
             acc.update(out, y)
@@ -236,7 +236,6 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
     memory_format, refused = train_memory_format(student, cfg.channels_last, device)
     if refused and main_rank:
         log.warning("%s", refused)
-    channels_last = memory_format == torch.channels_last
 
     # data
     train = TrainLoader(train_dir, cfg.input_size, cfg.batch_size, seed=cfg.seed, workers=cfg.workers, pin_memory=cuda,
@@ -360,9 +359,9 @@ def _finetune(student, teacher, train_dir, val_dir, out_dir: Path, cfg: TrainCon
         top1 = top5 = None
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_steps, 1), "lr": lr}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            top1, top5 = _evaluate(student, val, device, amp_dtype, channels_last)
+            top1, top5 = _evaluate(student, val, device, amp_dtype, memory_format)
             if selection is not None:
-                row["selection_top1"] = _evaluate(student, selection, device, amp_dtype, channels_last)[0]
+                row["selection_top1"] = _evaluate(student, selection, device, amp_dtype, memory_format)[0]
         row.update({"val_top1": top1, "val_top5": top5, "seconds": round(time.perf_counter() - t0, 3)})
         metrics.append(row)
         rngs = [None] * world
