@@ -180,6 +180,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         size=args.input_size, calib=args.calib_images, step=args.step, tied=args.tied_ranks,
         estimator=args.estimator, evaluate=args.eval, seed=args.seed, progress=not args.quiet, latency=latency,
         cost_size=args.budget_size, search_space=args.space, calibrated=args.calibrated,
+        factorise_all=args.factorise_all,
     )
     for label, row in report["budgets"].items():
         parts = [f"{m}: {r['params'] / 1e6:.3f}M est {r['estimated_loss']:.3f}"
@@ -640,6 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", action="append", required=True, help="e.g. 8x, params<=1.5M, flash<=1MiB,ram<=256KiB")
     p.add_argument("--tied-ranks", action="store_true",
                    help="one rank for both channel modes (as STResNet); default: chosen independently")
+    p.add_argument("--factorise-all", action="store_true",
+                   help="no searched layer stays full (where a smaller option exists), as in uniform plans")
     p.add_argument("--estimator", choices=("mse", "fisher"), default="fisher",
                    help="mse: normalised output MSE (CompressNAS); fisher: output error weighted by the loss gradient")
     p.add_argument("--eval", action="store_true", help="also measure zero-shot top-1 of every plan on val/")

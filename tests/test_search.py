@@ -61,6 +61,24 @@ def test_mse_estimator_needs_no_labels(model_and_images) -> None:
     assert all(s["ranks"][0] == s["ranks"][1] or s["ranks"][1] == 3 for s in plan.layers.values())
 
 
+def test_factorise_all_leaves_no_searched_layer_full(model_and_images, space) -> None:
+    """The default search keeps the layers whose zero-shot error looks costly full (here the strided 1x1
+    shortcuts among them); ``factorise_all`` gives every searched layer a factorised form, as uniform ranks do,
+    within the same budget."""
+    budget = parse_budget("8x")
+    default = searched_plan(space, budget)
+    forced_space = build_space(*model_and_images, step=16, progress=False, factorise_all=True)
+    forced = searched_plan(forced_space, budget)
+
+    def full(plan) -> list[str]:
+        return [n for n in space.options if plan.layers.get(n, {"type": "full"})["type"] == "full"]
+
+    assert "layer4.0.downsample.0" in full(default)
+    assert full(forced) == []
+    assert forced_space.size(forced) <= space.base_cost["params"] / 8
+    assert all(o.spec["type"] != "full" for opts in forced_space.options.values() for o in opts)
+
+
 def test_searched_plan_distorts_held_out_outputs_less_than_uniform(model_and_images, space) -> None:
     """What the estimator is for, measured rather than implied by the ILP: on images the tables never
     saw, the decomposed searched plan stays closer to the base's outputs than uniform ranks of no more

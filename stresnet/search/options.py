@@ -8,7 +8,8 @@ calibration resolution, and ``ram``, the layer's own int8 working set: the large
 input + output pair among its convs (a factorised layer's intermediate tensors are
 smaller than its ends, so factorising never raises it; the whole model's peak RAM is
 the max over layers). Options that store no fewer parameters than the full layer
-are dropped: they can only lose accuracy.
+are dropped: they can only lose accuracy. ``keep_full=False`` drops ``full`` itself wherever a
+smaller option exists, so that every layer is factorised, as uniform ranks factorise it.
 """
 from __future__ import annotations
 
@@ -35,8 +36,10 @@ def admits(fact: registry.Factorisation, module: nn.Module) -> bool:
 
 
 def layer_options(shape: LayerGeometry, stats: LayerStats | ErrorTable, tied: bool = True, step: int = 8,
-                  module: nn.Module | None = None, types: Sequence[str] | None = None) -> list[Option]:
-    """``full`` plus every searchable type's candidate that stores fewer parameters than the full layer.
+                  module: nn.Module | None = None, types: Sequence[str] | None = None,
+                  keep_full: bool = True) -> list[Option]:
+    """``full`` plus every searchable type's candidate that stores fewer parameters than the full layer
+    (``keep_full=False``: the candidates alone, or ``full`` alone where the layer has none).
 
     ``stats``: the layer's calibration statistics (an :class:`ErrorTable` alone for a plain conv);
     ``module``: the layer, so that only the types that can replace it are asked (default: a plain conv);
@@ -55,4 +58,4 @@ def layer_options(shape: LayerGeometry, stats: LayerStats | ErrorTable, tied: bo
             cost = fact.cost(shape, spec)
             if cost["params"] < full["params"]:
                 options.append(Option(spec, loss, cost))
-    return options
+    return options if keep_full or len(options) == 1 else options[1:]

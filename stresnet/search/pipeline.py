@@ -149,6 +149,7 @@ def build_space(
     cost_size: Sequence[int] | None = None,
     space: str = "compressnas",
     calibrated: bool = False,
+    factorise_all: bool = False,
 ) -> SearchSpace:
     """Capture calibration inputs and build every layer's options (the expensive, budget-free part).
 
@@ -168,6 +169,11 @@ def build_space(
     (:func:`stresnet.decompose.mode_bases` with the input moment), so the tables score, and ``space.bases``
     builds, the data-aware truncations; the stages that decompose later recompute them with
     :func:`~.estimator.calibrated_bases` on the same images.
+
+    ``factorise_all``: no layer the space searches may stay full (where it has a smaller option), as in a
+    uniform plan. The zero-shot tables price a layer's error before any fine-tune, so the ILP keeps layers full
+    whose error looks costly; at 8x it keeps ResNet-18's three strided 1x1 shortcuts full (172 k params, 12 % of
+    the budget) where uniform ranks factorise them, and uniform ranks then fine-tune to a higher top-1.
     """
     from ..cost import live_beside, profile
 
@@ -205,7 +211,7 @@ def build_space(
             diag = torch.diagonal(grad) if grad is not None else None
             stats = LayerStats(sparse=lambda d, w=module.weight, m=moments, g=diag, k=scale: sparse_loss(w, m, d, g, k))
         options[name] = layer_options(shapes[name], stats, tied=tied, step=step, module=module,
-                                      types=SPACES[space][kinds[name]])
+                                      types=SPACES[space][kinds[name]], keep_full=not factorise_all)
     input_size = tuple(cost_size) if cost_size is not None else tuple(images.shape[1:])
     live = live_beside(model, input_size)
     # live beside each layer (a residual input waiting for the add), and, once the layer is factorised,

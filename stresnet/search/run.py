@@ -46,6 +46,7 @@ def search_and_write(
     cost_size: int | None = None,
     search_space: str = "compressnas",
     calibrated: bool = False,
+    factorise_all: bool = False,
 ) -> dict:
     """Run the whole search; with ``evaluate`` also measure every plan's zero-shot top-1 on the selection split
     of ``DATA/train`` (``selection_top1``, what choices are made on) and on ``DATA/val`` (``top1``, reported only).
@@ -56,7 +57,7 @@ def search_and_write(
     are priced at ``cost_size`` px when given (e.g. latency at 224 px while calibrating at 128), else at ``size``.
     ``search_space`` (:data:`~stresnet.search.pipeline.SPACES`): which layer kinds are searched, with which types.
     ``calibrated``: score (and, with ``evaluate``, build) the calibrated decompositions (see
-    :func:`~stresnet.search.pipeline.build_space`).
+    :func:`~stresnet.search.pipeline.build_space`). ``factorise_all``: no searched layer stays full (ditto).
     """
     parsed = [parse_budget(b) for b in budgets]  # fail on a bad budget before any work
     timed = next((b for b in parsed if "latency" in b.metrics), None)
@@ -70,12 +71,13 @@ def search_and_write(
     t_calib = time.perf_counter() - t0
     space = build_space(net, images, labels, estimator=estimator, step=step, tied=tied, progress=progress,
                         cost_size=None if cost_size is None else (3, cost_size, cost_size), space=search_space,
-                        calibrated=calibrated)
+                        calibrated=calibrated, factorise_all=factorise_all)
     if latency is not None:
         attach_latency(space, latency(net, space))
     result = run_search(space, parsed, baselines)
     measured: dict[str, dict[str, dict]] = {}
     extra: dict = {"estimator": estimator, "search_space": search_space, "calibrated": calibrated, "tied_ranks": tied,
+                   "factorise_all": factorise_all,
                    "calibration": {"images": len(images), "size": size, "seed": seed, "seconds": t_calib,
                                    "source": "train/ fit part (no selection split, no ILSVRC2012_val_*)"},
                    "checkpoint": str(checkpoint) if checkpoint else None}

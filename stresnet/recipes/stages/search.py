@@ -11,7 +11,8 @@ from .common import ClassifyRun, State, calibrated_bases, require
 def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     """CompressNAS: estimator tables + ILP at ``budget``; sets the plan. ``calibrated: true``: calibrated
     decompositions (scored here, built by the later stages on the same images). ``tied: true``: one rank for both
-    channel modes of each layer (as STResNet; ``stresnet search --tied-ranks``). ``cost_size``: price MACs, RAM and
+    channel modes of each layer (as STResNet; ``stresnet search --tied-ranks``). ``factorise_all: true``: no searched
+    layer stays full (``--factorise-all``). ``cost_size``: price MACs, RAM and
     latency at that input size (e.g. 224 while calibrating at the recipe's 128); a ``latency<=`` term times the
     options on this machine first (:func:`_latency_source`). ``family: stresnet_pico``: the structure search
     at that ST variant's four budgets instead (:func:`family_search`)."""
@@ -32,7 +33,8 @@ def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
                                   estimator=str(p.get("estimator", ESTIMATOR)), seed=seed,
                                   progress=run.progress, search_space=str(p.get("space", "compressnas")),
                                   latency=_latency_source(run, p, out), cost_size=cost_size,
-                                  calibrated=bool(p.get("calibrated", False)))
+                                  calibrated=bool(p.get("calibrated", False)),
+                                  factorise_all=bool(p.get("factorise_all", False)))
     except (BudgetError, LatencyError) as e:
         raise RecipeError(f"stage search: {e}") from None
     row = next(iter(report["budgets"].values()))
