@@ -24,44 +24,58 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 __all__ = ["ReportError", "ARMS", "Evidence", "load_evidence", "evidence_markdown", "card_notes", "plot_pareto"]
 
-# kind: (arm number, short description); the five arms every evidence variant has
-ARMS: dict[str, tuple[str, str]] = {
-    "searched": ("1", "the zoo plan, decomposed from the base, KD"),
-    "uniform": ("2", "uniform ranks at >= arm 1's params, decomposed, KD"),
-    "scratch_kd": ("3", "arm 1's architecture, random init, KD"),
-    "scratch": ("4", "arm 1's architecture, random init, no KD"),
-    "pruned": ("5", "dense ResNet-18 magnitude-pruned to arm 1's stored params, KD"),
+
+
+class ArmKind(NamedTuple):
+    """An arm's number and short description; ``against``: the uniform arms a searched arm meets at equal params
+    and at most equal MACs (issue #18), each verdict saying which budgets are equal."""
+
+    num: str
+    text: str
+    against: tuple[str, ...] = ()
+
+
+# kind: its number and description; the five arms every evidence variant has
+ARMS: dict[str, ArmKind] = {
+    "searched": ArmKind("1", "the zoo plan, decomposed from the base, KD"),
+    "uniform": ArmKind("2", "uniform ranks at >= arm 1's params, decomposed, KD"),
+    "scratch_kd": ArmKind("3", "arm 1's architecture, random init, KD"),
+    "scratch": ArmKind("4", "arm 1's architecture, random init, no KD"),
+    "pruned": ArmKind("5", "dense ResNet-18 magnitude-pruned to arm 1's stored params, KD"),
 }
 # optional arms, shown only for the variants whose recipes list them: arms 1 and 2 by the ADMM route, which
 # spends part of the same epochs on the dense base (pulled toward the plan's ranks) before decomposing
-EXTRA_ARMS: dict[str, tuple[str, str]] = {
-    "searched_admm": ("1b", "arm 1's plan, ADMM on the dense base for part of the epochs, then decomposed, KD"),
-    "uniform_admm": ("2b", "arm 2's plan by the same ADMM route"),
-    "searched_direct": ("1d", "arm 1's plan, decomposed from the base directly (no ADMM), KD for all the epochs"),
-    "uniform_direct": ("2d", "arm 2's plan, decomposed directly (no ADMM), KD for all the epochs"),
-    "searched_macs": ("1m", "the search at arm 2d's params and at most its MACs, decomposed directly, KD for all "
-                            "the epochs"),
+EXTRA_ARMS: dict[str, ArmKind] = {
+    "searched_admm": ArmKind("1b", "arm 1's plan, ADMM on the dense base for part of the epochs, then decomposed, KD"),
+    "uniform_admm": ArmKind("2b", "arm 2's plan by the same ADMM route"),
+    "searched_direct": ArmKind("1d", "arm 1's plan, decomposed from the base directly (no ADMM), KD for all the "
+                                     "epochs"),
+    "uniform_direct": ArmKind("2d", "arm 2's plan, decomposed directly (no ADMM), KD for all the epochs"),
+    "searched_macs": ArmKind("1m", "the search at arm 2d's params and at most its MACs, decomposed directly, KD for "
+                                   "all the epochs", against=("uniform_direct",)),
     # arms 1m and 2d with calibrated decompositions (output-response bases on fit-part train/ images): the search
     # scores them and both plans are built with them, so the pair again differs only in the ranks
-    "searched_macs_cal": ("1mc", "arm 1m's budget, the search scoring calibrated decompositions, built with them, "
-                                 "KD for all the epochs"),
-    "uniform_direct_cal": ("2dc", "arm 2d's plan, decomposed with calibrated bases on the same images, KD for all "
-                                  "the epochs"),
+    "searched_macs_cal": ArmKind("1mc", "arm 1m's budget, the search scoring calibrated decompositions, built with "
+                                        "them, KD for all the epochs", against=("uniform_direct_cal",)),
+    "uniform_direct_cal": ArmKind("2dc", "arm 2d's plan, decomposed with calibrated bases on the same images, KD for "
+                                         "all the epochs"),
     # the route recipes/select_8x.yaml chose after the fine-tune on the selection split (issue #18)
-    "searched_step4_cal": ("1sel", "the search on the step-4 grid (uniform's ranks are on it) at arm 2d's params "
-                                   "and MACs, scoring calibrated decompositions, built with them, KD for all the "
-                                   "epochs"),
+    "searched_step4_cal": ArmKind("1sel", "the search on the step-4 grid (uniform's ranks are on it) at arm 2d's "
+                                          "params and MACs, scoring calibrated decompositions, built with them, KD "
+                                          "for all the epochs", against=("uniform_direct_cal", "uniform_direct")),
     # arm 1sel's search with weight-only bases, arm 2d's like-for-like partner: recipes/select_8x_fitbase.yaml
     # (a base that never saw the selection split) ranked it above uniform ranks with the same bases
-    "searched_step4": ("1sw", "the search on the step-4 grid at arm 2d's params and MACs, scoring weight-only "
-                              "decompositions, built with them, KD for all the epochs"),
+    "searched_step4": ArmKind("1sw", "the search on the step-4 grid at arm 2d's params and MACs, scoring "
+                                     "weight-only decompositions, built with them, KD for all the epochs",
+                              against=("uniform_direct",)),
     # the route recipes/select_8x_fitbase.yaml chose once it also offered tied ranks (one per layer, as STResNet)
-    "searched_step4t_cal": ("1t", "arm 1sel's search with one rank for both channel modes of each layer, scoring "
-                                  "calibrated decompositions, built with them, KD for all the epochs"),
+    "searched_step4t_cal": ArmKind("1t", "arm 1sel's search with one rank for both channel modes of each layer, "
+                                         "scoring calibrated decompositions, built with them, KD for all the epochs",
+                                   against=("uniform_direct_cal", "uniform_direct")),
 }
 ROUTE_NOTE = ", by the ADMM route (the dense base is pulled toward the ranks before decomposing)"
 ALL_ARMS = {**ARMS, **EXTRA_ARMS}
@@ -139,14 +153,14 @@ class Evidence:
 
     def label(self, kind: str) -> str:
         """The arm's description; arms 1 and 2 say so where their runs took the ADMM route."""
-        label = ALL_ARMS[kind][1]
+        label = ALL_ARMS[kind].text
         if kind in ("searched", "uniform") and any(r.admm_epochs for r in self.arms[kind].runs):
             label += ROUTE_NOTE
         return label
 
     def shown(self) -> dict[str, tuple[str, str]]:
         """The five arms, then the optional ones a recipe lists (run or not): ``{kind: (number, label)}``."""
-        return {k: (num, self.label(k)) for k, (num, _) in ALL_ARMS.items()
+        return {k: (arm.num, self.label(k)) for k, arm in ALL_ARMS.items()
                 if k in ARMS or self.arms[k].runs or self.arms[k].missing}
 
 
@@ -296,8 +310,8 @@ def _budget(runs: list[Run]) -> tuple[str, list[str]]:
     c = ref.config
     kd = sorted({(r.config.get("kd_T"), r.config.get("kd_alpha")) for r in runs if r.teacher}, key=str)
     kd_text = ", ".join(f"T={t} alpha={a}" for t, a in kd) if kd else "none"
-    no_kd = sorted({f"arm {ALL_ARMS[_kind(r.arm, r.recipe)][0]}" for r in runs if not r.teacher})
-    admm = sorted({ALL_ARMS[_kind(r.arm, r.recipe)][0] for r in runs if r.admm_epochs})
+    no_kd = sorted({f"arm {ALL_ARMS[_kind(r.arm, r.recipe)].num}" for r in runs if not r.teacher})
+    admm = sorted({ALL_ARMS[_kind(r.arm, r.recipe)].num for r in runs if r.admm_epochs})
     admm_spent = " or ".join(str(e) for e in sorted({r.admm_epochs for r in runs if r.admm_epochs}))
     words = (f"{c.get('epochs')} epochs at {c.get('input_size')} px, batch {c.get('batch_size')}, "
              f"{c.get('optimizer')} lr {c.get('lr')} cosine to {c.get('min_lr')}, {c.get('warmup_epochs')} warm-up "
@@ -356,34 +370,30 @@ def _verdicts(ev: Evidence) -> list[str]:
     if not first.runs:
         return ["- Arm 1 has not run: no comparison is made."]
     out = []
-    for kind, (num, _) in ARMS.items():
+    for kind, arm in ARMS.items():
         if kind == "searched":
             continue
-        other = ev.arms[kind]
+        num, other = arm.num, ev.arms[kind]
         out.append(_compare(first, "1", other, num, ev.label(kind)) if other.runs
                    else f"- Arm {num} ({ev.label(kind)}) has not run: no comparison.")
     # the other route for arms 1 and 2 (ADMM where arm 1 is direct, direct where arm 1 took ADMM): arm 1 against
     # both (same plan; uniform ranks at their other route), and the two plans like for like by that route
     for alt, alt_uniform in (("searched_admm", "uniform_admm"), ("searched_direct", "uniform_direct")):
-        num, num_uniform = ALL_ARMS[alt][0], ALL_ARMS[alt_uniform][0]
+        num, num_uniform = ALL_ARMS[alt].num, ALL_ARMS[alt_uniform].num
         if ev.arms[alt].runs:
             out.append(_compare(first, "1", ev.arms[alt], num, ev.label(alt)))
         if ev.arms[alt_uniform].runs:
             out.append(_compare(first, "1", ev.arms[alt_uniform], num_uniform, ev.label(alt_uniform)))
         if ev.arms[alt].runs and ev.arms[alt_uniform].runs:
             out.append(_compare(ev.arms[alt], num, ev.arms[alt_uniform], num_uniform, ev.label(alt_uniform)))
-    pairs = (("searched_macs", "uniform_direct"), ("searched_macs_cal", "uniform_direct_cal"),
-             ("searched_step4_cal", "uniform_direct_cal"), ("searched_step4_cal", "uniform_direct"),
-             ("searched_step4", "uniform_direct"), ("searched_step4t_cal", "uniform_direct_cal"),
-             ("searched_step4t_cal", "uniform_direct"))
-    for searched, uniform_kind in pairs:
+    for searched, uniform_kind in ((k, u) for k, arm in EXTRA_ARMS.items() for u in arm.against):
         macs, uniform = ev.arms[searched], ev.arms[uniform_kind]
         if macs.runs and uniform.runs:  # the comparison at equal compute (issue #18): say which budgets are equal
             m, u = macs.runs[0], uniform.runs[0]
             equal = (f"params {m.params / 1e6:.3f} M vs {u.params / 1e6:.3f} M, MACs {m.macs / 1e6:.1f} M vs "
                      f"{u.macs / 1e6:.1f} M: " + ("at most equal params and MACs" if m.params <= u.params
                                                   and m.macs <= u.macs else "**the budget is NOT equal**"))
-            out.append(_compare(macs, ALL_ARMS[searched][0], uniform, ALL_ARMS[uniform_kind][0],
+            out.append(_compare(macs, ALL_ARMS[searched].num, uniform, ALL_ARMS[uniform_kind].num,
                                 f"{ev.label(uniform_kind)}; {equal}"))
     return out
 
@@ -445,7 +455,7 @@ def evidence_markdown(evidence: list[Evidence], base: Mapping[str, Any] | None) 
              "Generated by `stresnet report` from `recipes/evidence_*.yaml` and their results in "
              "`recipes/results/`; an arm without results is shown as not run. Arm 1 is the zoo recipe "
              "(CompressNAS-searched plans; pico: the STResNet rank table). Arms: "
-             + "; ".join(f"{n} = {label}" for n, label in ARMS.values()) + ". "
+             + "; ".join(f"{a.num} = {a.text}" for a in ARMS.values()) + ". "
              "Top-1/top-5 on Imagenette `val`; \"fine-tune min\" is the fine-tuning wall time per run, which "
              "depends on what else the machine was running: the budget is the epochs and schedule.", ""]
     if base:
@@ -481,7 +491,8 @@ def plot_pareto(evidence: list[Evidence], base: Mapping[str, Any] | None, path: 
     from matplotlib.ticker import FuncFormatter
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for kind, (num, label) in ALL_ARMS.items():
+    for kind, arm_kind in ALL_ARMS.items():
+        num, label = arm_kind.num, arm_kind.text
         marker, color = MARKERS[kind]
         xs, ys, errs = [], [], []
         for ev in evidence:
