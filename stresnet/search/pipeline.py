@@ -173,7 +173,8 @@ def build_space(
     ``factorise_all``: no layer the space searches may stay full (where it has a smaller option), as in a
     uniform plan. The zero-shot tables price a layer's error before any fine-tune, so the ILP keeps layers full
     whose error looks costly; at 8x it keeps ResNet-18's three strided 1x1 shortcuts full (172 k params, 12 % of
-    the budget) where uniform ranks factorise them, and uniform ranks then fine-tune to a higher top-1.
+    the budget), which uniform plans, ahead there after the fine-tune, factorise. (Forcing them factorised did not
+    close that gap on the selection split: ``recipes/select_8x_fitbase.yaml``.)
     """
     from ..cost import live_beside, profile
 

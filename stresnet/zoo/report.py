@@ -29,7 +29,6 @@ from typing import Any, Mapping, NamedTuple
 __all__ = ["ReportError", "ARMS", "Evidence", "load_evidence", "evidence_markdown", "card_notes", "plot_pareto"]
 
 
-
 class ArmKind(NamedTuple):
     """An arm's number and short description; ``against``: the uniform arms a searched arm meets at equal params
     and at most equal MACs (issue #18), each verdict saying which budgets are equal."""
