@@ -396,3 +396,26 @@ def test_bench_latency_times_with_subnormals_flushed(monkeypatch) -> None:
                                    rounds=1, baseline=None, backends=("onnxruntime",))
     assert seen == [True, True] and result["env"]["denormal_as_zero"] is True
     assert all(flush_during) and torch.tensor([1e-40]).item() != 0.0
+
+
+def test_a_table_fill_times_layers_without_profiling_their_macs(tmp_path: Path, monkeypatch) -> None:
+    """A fill reads only times, so ``bench_latency`` skips ``cost.profile`` for it (about a quarter of a fill's
+    time went there); a bench asked for speedups still profiles, and refuses a baseline without MACs."""
+    import stresnet.cost as cost
+    import stresnet.deploy.latency as latency
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a latency-table fill profiled a layer")
+
+    monkeypatch.setattr(cost, "profile", refuse)
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    sig = LayerSignature.of(conv, (8, 8, 8))
+    specs = [{"type": "full"}, {"type": "tucker2", "ranks": [4, 4]}]
+    ms = measure_layers(LatencyTable(tmp_path / "t.json", ENV), {sig.key(s, 1): (sig, s) for s in specs},
+                        threads=1, iters=2, rounds=1, warmup=1)
+    assert len(ms) == 2 and all(v == v for v in ms.values())  # timed, no NaN
+    with pytest.raises(AssertionError, match="profiled"):
+        latency.bench_latency({"a": conv}, (8, 8, 8), iters=1, warmup=0, rounds=1, baseline=None,
+                              backends=("onnxruntime",))
+    with pytest.raises(ValueError, match="with_macs"):
+        latency.bench_latency({"a": conv}, (8, 8, 8), baseline="a", with_macs=False)

@@ -454,7 +454,7 @@ def test_latency_budget_in_a_recipe_is_timed_priced_and_checked(tree, tmp_path):
     numbers exist, are consistent with one another, and that the cache is reused."""
     recipe = {"format": "stresnet-recipe/1", "name": "fast", "data": str(tree), "input_size": 32,
               "base": {"model": "resnet18", "num_classes": 3},
-              "stages": [{"search": {"budget": "4x,latency<=80%", "step": 32, "calib": 6}},
+              "stages": [{"search": {"budget": "4x,latency<=80%", "step": 64, "calib": 6}},
                          {"decompose": {}},
                          {"latency": {"input_size": 32, "iters": 3}}]}
     results = run_recipe(load_recipe(_write(tmp_path, recipe)), out_root=tmp_path / "runs",

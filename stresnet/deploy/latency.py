@@ -104,6 +104,7 @@ def bench_latency(
     rounds: int = 5,
     backends: Iterable[str] = ("torch", "onnxruntime"),
     warmup_ms: float = WARMUP_MS,
+    with_macs: bool = True,
 ) -> dict[str, Any]:
     """Batch-1 CPU latency of every model in PyTorch and onnxruntime, with speedups over ``baseline``.
 
@@ -124,7 +125,8 @@ def bench_latency(
     sessions alive the idle ones' spinning steals the cores of the one being
     timed (seen here: 2-thread medians of small models inflated up to 2x).
 
-    For each model: ``macs`` (``cost.profile`` at ``input_size``), ``mac_ratio``
+    For each model: ``macs`` (``cost.profile`` at ``input_size``; ``with_macs=False`` leaves it out, as a
+    latency-table fill does: profiling every layer it times cost it about a quarter of its time), ``mac_ratio``
     = baseline MACs / model MACs, and per backend ``median_ms``, ``p90_ms``,
     ``mean_ms``, ``min_ms``, ``p10_ms`` (:data:`QUIET`), ``speedup`` = baseline median / model median (same
     run) and ``efficiency`` = speedup / mac_ratio (1.0: latency falls as fast as
@@ -140,6 +142,8 @@ def bench_latency(
         raise ValueError("bench_latency: no models given")
     if baseline is not None and baseline not in models:
         raise ValueError(f"baseline {baseline!r} is not among the models ({', '.join(models)})")
+    if baseline is not None and not with_macs:
+        raise ValueError(f"baseline {baseline!r}: the speedups are read against MACs, so with_macs must be True")
     if iters < 1 or warmup < 0 or rounds < 1:
         raise ValueError(f"iters={iters}, warmup={warmup}, rounds={rounds}: need iters >= 1, warmup >= 0, rounds >= 1")
     input_size = tuple(int(s) for s in input_size)
@@ -149,7 +153,7 @@ def bench_latency(
     old_threads = torch.get_num_threads()
     busy_before, own_before, wall_before = _machine_busy_seconds(), time.process_time(), time.perf_counter()
     times: dict[tuple[str, str], list[float]] = {(n, b): [] for n in models for b in backends}
-    macs = {name: profile(model, input_size).macs for name, model in models.items()}
+    macs = {name: profile(model, input_size).macs for name, model in models.items()} if with_macs else {}
     try:
         torch.set_num_threads(int(threads))
         with eval_mode(*models.values()), subnormals_flushed(), \
@@ -182,7 +186,7 @@ def bench_latency(
 
     out_models: dict[str, Any] = {}
     for name in models:
-        row: dict[str, Any] = {"macs": macs[name]}
+        row: dict[str, Any] = {"macs": macs[name]} if with_macs else {}
         if baseline is not None:
             row["mac_ratio"] = macs[baseline] / macs[name] if macs[name] else float("inf")
         for backend in backends:

@@ -214,7 +214,7 @@ def measure_layers(
                                 disable=not progress or not chunks, leave=False):
             models = {ANCHOR: CallOverhead(), **{key: layer_module(*requests[key]) for key in keys}}
             result = timer(models, shape, threads=threads, warmup=warmup, iters=per_pass, baseline=None, rounds=1,
-                           backends=("onnxruntime",))
+                           backends=("onnxruntime",), with_macs=False)
             overhead = _entry(result, ANCHOR)["ms"]
             for key in keys:
                 table.pending.setdefault(key, []).append({**_entry(result, key), "overhead_ms": overhead})
@@ -250,7 +250,7 @@ def measure_network(
     key = network_key(model, input_size, threads)
     if key not in table.networks:
         result = timer({key: model}, tuple(input_size), threads=threads, warmup=warmup, iters=iters, baseline=None,
-                       rounds=rounds, backends=("onnxruntime",))
+                       rounds=rounds, backends=("onnxruntime",), with_macs=False)
         table.networks[key] = _entry(result, key)
         table.save()
     return table.networks[key]["ms"]
