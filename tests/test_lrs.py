@@ -219,3 +219,20 @@ def test_tune_split_returns_the_argmax() -> None:
     assert Plan.from_dict(result["plan"]).layers == lrs_plan_like(base, TINY_TUCKER, result["fraction"]).layers
     with pytest.raises(ValueError, match="TRAIN"):
         tune_split(base, TINY_TUCKER, fractions)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.013, 0.1, 0.5, 0.97, 1.0])
+def test_topk_mask_is_the_stable_sorts_mask_ties_included(density):
+    """The magnitude mask keeps exactly the entries a stable descending sort keeps: the largest, ties at the
+    threshold broken by index (quantised weights and all-zero residuals have many)."""
+    from stresnet.layers.common import topk_mask
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 32, 3, 3, generator=g)
+    for values in (w, torch.round(w * 2) / 2, torch.zeros(16, 8), -w[:5]):
+        keep = int(round(density * values.numel()))
+        order = torch.argsort(values.abs().flatten(), descending=True, stable=True)[:keep]
+        expected = torch.zeros(values.numel(), dtype=values.dtype)
+        expected[order] = 1
+        mask = topk_mask(values, density)
+        assert mask.dtype == values.dtype and torch.equal(mask, expected.reshape(values.shape))
