@@ -24,7 +24,7 @@ from ..config import RecipeError, check_header, stage_list
 from ..runner import Run
 from ..runner import Task
 from . import compress, evaluate, publish, search, train
-from .common import TRAIN_EXTRA, ClassifyRun, State, hardware, train_config
+from .common import TRAIN_EXTRA, ClassifyRun, State, calibration_draw, check_same_draw, hardware, train_config
 
 STAGES = {
     "train_base": train.train_base, "search": search.search, "plan": search.plan, "lrs_plan": search.lrs_plan,
@@ -65,7 +65,13 @@ def check(recipe: dict, source: str) -> None:
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
             raise RecipeError(f"{where}: stage id {sorted(dup)[0]!r} used twice (give one an 'id')")
+        searched_draw = None  # a calibrated search's draw, which a later calibrated decompose must share
         for kind, params in listed:
+            if kind == "search" and "family" not in params:
+                searched_draw = calibration_draw(params) if params.get("calibrated") else None
+            if kind == "decompose" and params.get("calibrated"):
+                check_same_draw(calibration_draw(params), searched_draw, f"{where}.decompose")
+                searched_draw = calibration_draw(params)
             if kind in ("finetune", "admm", "train_base"):
                 train_config({k: v for k, v in params.items() if k not in TRAIN_EXTRA}, f"{where}.{kind}")
             if kind == "finetune" and params.get("compare_start") and params.get("choose") is None:

@@ -122,6 +122,20 @@ class ClassifyRun(Run):
         return self.base_model(self.base.get("checkpoint"))
 
 
+def calibration_draw(p: dict) -> dict:
+    """The calibration draw a ``search`` or ``decompose`` stage's options ask for: ``calib`` fit-part train/
+    images (default 256) drawn with ``seed`` (default 0)."""
+    return {"images": int(p.get("calib", 256)), "seed": int(p.get("seed", 0))}
+
+
+def check_same_draw(draw: dict, searched: dict | None, where: str) -> None:
+    """A calibrated ``decompose`` after a calibrated search must use the search's draw, or the model built
+    would not be the one the search scored: one line naming both draws."""
+    if searched and searched != draw:
+        raise RecipeError(f"{where}: calibrated on {draw['images']} images (seed {draw['seed']}) but the "
+                          f"search calibrated on {searched['images']} (seed {searched['seed']})")
+
+
 def calibrated_bases(run: ClassifyRun, state: State, model: nn.Module, names: list[str]) -> dict | None:
     """The calibrated mode bases of ``names`` in the dense ``model`` when the search was calibrated
     (``search: {calibrated: true}``), on its calibration draw, so the model built is the one the search scored;

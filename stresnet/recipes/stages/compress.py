@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import RecipeError
-from .common import ClassifyRun, State, calibrated_bases, require
+from .common import ClassifyRun, State, calibrated_bases, calibration_draw, check_same_draw, require
 
 
 def decompose(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
@@ -59,11 +59,9 @@ def decompose(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
 
 def _calibrate(state: State, p: dict) -> None:
     """``calibrated: true``: the calibration draw (``calib`` images, ``seed``) the bases are fitted on; it must be
-    the search's own when the search was calibrated, or the model built would not be the one it scored."""
+    the search's own when the search was calibrated (checked when the recipe loads, and again here)."""
     if not p.get("calibrated"):
         return
-    draw = {"images": int(p.get("calib", 256)), "seed": int(p.get("seed", 0))}
-    if state.calibration and state.calibration != draw:
-        raise RecipeError(f"stage decompose: calibrated on {draw['images']} images (seed {draw['seed']}) but the "
-                          f"search calibrated on {state.calibration['images']} (seed {state.calibration['seed']})")
+    draw = calibration_draw(p)
+    check_same_draw(draw, state.calibration, "stage decompose")
     state.calibration = draw

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import RecipeError, input_path
-from .common import ClassifyRun, State, calibrated_bases, require
+from .common import ClassifyRun, State, calibrated_bases, calibration_draw, require
 
 
 def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
@@ -25,7 +25,8 @@ def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
         return family_search(run, state, p, out)
     budget = str(p.get("budget", "8x"))
     cost_size = int(p["cost_size"]) if "cost_size" in p else None
-    calib, seed = int(p.get("calib", 256)), int(p.get("seed", 0))  # the draw a calibrated search's bases are fitted on
+    draw = calibration_draw(p)  # the draw a calibrated search's bases are fitted on
+    calib, seed = draw["images"], draw["seed"]
     try:
         report = search_and_write(run.base["model"], Path(state.weights) if state.weights else None, run.data,
                                   [budget], out, num_classes=run.base.get("num_classes"), size=run.input_size,
@@ -39,7 +40,7 @@ def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
         raise RecipeError(f"stage search: {e}") from None
     row = next(iter(report["budgets"].values()))
     state.plan = str(out / f"plan_{next(iter(report['budgets']))}.json")
-    state.calibration = {"images": calib, "seed": seed} if p.get("calibrated") else None
+    state.calibration = draw if p.get("calibrated") else None
     result = {"budget": budget, "plan": state.plan, "seconds": report["seconds"], "searched": row["methods"]["searched"]}
     if "latency" in report:  # the table's prediction for the dense base and the plan, and the limit in ms
         from ...search.budgets import parse_budget
