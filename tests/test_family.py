@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import timm
 import torch
 import yaml
@@ -17,8 +16,6 @@ from stresnet.zoo.family import VARIANTS, st_budget
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = {"params": "params", "flash": "flash_bytes", "macs": "macs", "ram": "peak_ram_bytes"}
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest: one torch thread
 
 
 def test_every_searched_member_fits_all_four_st_budgets_at_1000_classes_224px() -> None:
