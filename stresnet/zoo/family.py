@@ -8,6 +8,7 @@ max-pool. ``"F"`` leaves a conv full; downsample convs without a rank stay full.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Union
 
 from ..plan import Plan
@@ -68,11 +69,18 @@ def st_budget(variant: str, num_classes: int, input_size: int = 224) -> dict[str
     these are ST's budgets exactly, and a model within the ``num_classes`` budgets
     is within ST's once both take the same 1000-class head).
     """
+    return dict(_st_budget(variant, num_classes, input_size))
+
+
+@lru_cache(maxsize=None)
+def _st_budget(variant: str, num_classes: int, input_size: int) -> tuple[tuple[str, int], ...]:
+    """:func:`st_budget`, profiled once per process: the report asks for each variant's budgets on every card
+    and section (a fresh dict per call above, so no caller can change the cached one)."""
     from ..cost import profile
     from ..plan import build
 
     prof = profile(build(family_plan(variant, num_classes=num_classes)), (3, input_size, input_size))
-    return {"params": prof.params, "flash": prof.flash_bytes, "macs": prof.macs, "ram": prof.peak_ram_bytes}
+    return (("params", prof.params), ("flash", prof.flash_bytes), ("macs", prof.macs), ("ram", prof.peak_ram_bytes))
 
 
 def st_budget_text(variant: str, num_classes: int, input_size: int = 224) -> str:
