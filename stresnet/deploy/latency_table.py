@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 from torch import nn
+from torch.nn.utils import skip_init
 
 from ..layers import registry
 from ..plan import Plan, build, compress
@@ -158,12 +159,18 @@ def net_ms(entry: Mapping[str, float]) -> float:
 
 
 def layer_module(sig: LayerSignature, spec: Mapping[str, Any]) -> nn.Module:
-    """The module ``spec`` becomes on a layer of signature ``sig`` (random weights: speed does not depend on them)."""
+    """The module ``spec`` becomes on a layer of signature ``sig`` (random weights: speed does not depend on them).
+
+    Only a ``full`` spec times the dense layer itself; every other type builds its own modules
+    (``init="random"``) and reads nothing of the dense one but its geometry, so that one is left uninitialised
+    (``skip_init``): the random fill of a 512x512x3x3 kernel cost more than its export, once per option and pass.
+    """
     if sig.kind == "linear":
-        dense: nn.Module = nn.Linear(sig.c_in, sig.c_out, bias=sig.bias)
+        cls, args = nn.Linear, (sig.c_in, sig.c_out, sig.bias)
     else:
-        dense = nn.Conv2d(sig.c_in, sig.c_out, sig.kernel, sig.stride, sig.padding, sig.dilation, sig.groups,
-                          sig.bias, sig.padding_mode)
+        cls, args = nn.Conv2d, (sig.c_in, sig.c_out, sig.kernel, sig.stride, sig.padding, sig.dilation, sig.groups,
+                                sig.bias, sig.padding_mode)
+    dense: nn.Module = cls(*args) if spec.get("type") == "full" else skip_init(cls, *args)
     try:
         fact = registry.for_spec(spec)
         fact.check_module(dense, spec)
