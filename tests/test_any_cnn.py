@@ -20,10 +20,11 @@ from stresnet.search.budgets import parse_budget
 from stresnet.search.pipeline import build_space, run_search, searched_plan
 from stresnet.search.report import write_search
 
-ARCHS = ["resnet50", "mobilenetv3_large_100", "efficientnet_b0", "efficientnet_lite0", "regnety_002", "convnext_atto"]
+# resnet26: ResNet-50's bottleneck blocks at its widths (up to 2048 channels), two per stage instead of 3-6
+ARCHS = ["resnet26", "mobilenetv3_large_100", "efficientnet_b0", "efficientnet_lite0", "regnety_002", "convnext_atto"]
 DEPTHWISE = {"mobilenetv3_large_100", "efficientnet_b0", "efficientnet_lite0", "regnety_002", "convnext_atto"}
 SIZE = 64
-STEP = 32  # a coarse rank grid keeps ResNet-50's Tucker-2 tables and ILP small
+STEP = 32  # a coarse rank grid keeps the bottleneck ResNet's Tucker-2 tables and ILP small
 
 
 def _calibration(n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
