@@ -178,7 +178,11 @@ def test_tiny_recipe_runs_end_to_end(tmp_path: Path, shared: Path, capsys) -> No
   - card: {variant: yolov5n_2x, tag: tiny, out: %s}
 """ % (tmp_path / "cards"))
     results = tmp_path / "results.json"
+    from ultralytics.utils import NUM_THREADS
+
+    torch.set_num_threads(NUM_THREADS + 1)  # not what ultralytics sets on a CPU call (cpu_count - 1)
     assert cli.main(["recipe", "run", str(recipe), "--out", str(tmp_path / "runs"), "--results", str(results)]) == 0
+    assert torch.get_num_threads() == NUM_THREADS + 1  # train, val and predict gave it back to the later stages
     res = json.loads(results.read_text())
     for key in ("base", "compressed"):
         assert 0.0 <= res[key]["map50_95"] <= res[key]["map50"] <= 1.0

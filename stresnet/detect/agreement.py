@@ -17,7 +17,7 @@ from typing import Sequence
 from torch import nn
 
 from . import DetectError
-from .offline import require_ultralytics
+from .offline import require_ultralytics, threads_kept
 
 
 def pseudo_label_dataset(base: nn.Module, images: Sequence[str | Path], out: str | Path, imgsz: int = 320,
@@ -44,8 +44,9 @@ def pseudo_label_dataset(base: nn.Module, images: Sequence[str | Path], out: str
     boxes = 0
     for i in range(0, len(images), batch):
         chunk = [str(p) for p in images[i:i + batch]]
-        for path, res in zip(chunk, yolo.predict(chunk, imgsz=imgsz, conf=conf, max_det=max_det,
-                                                          device="cpu", verbose=False)):
+        with threads_kept():
+            predicted = yolo.predict(chunk, imgsz=imgsz, conf=conf, max_det=max_det, device="cpu", verbose=False)
+        for path, res in zip(chunk, predicted):
             rows = [f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n"
                     for c, (x, y, w, h) in zip(res.boxes.cls.tolist(), res.boxes.xywhn.tolist())]
             (out / "labels" / "val" / f"{Path(path).stem}.txt").write_text("".join(rows))

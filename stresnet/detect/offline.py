@@ -1,7 +1,10 @@
-"""Keep ultralytics offline: no font, weight, dataset or telemetry download, ever."""
+"""Keep ultralytics offline and in its lane: no font, weight, dataset or telemetry download, ever, and the
+process's torch thread count as the caller set it."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 
 def go_offline() -> None:
@@ -35,3 +38,20 @@ def require_ultralytics() -> None:
         raise DetectError("ultralytics is not installed: pip install -e '.[detect]' "
                           "(or bash scripts/setup.sh)") from None
     data_utils.check_font = _no_font
+
+
+@contextmanager
+def threads_kept() -> Iterator[None]:
+    """Run an ultralytics train, val or predict call and give torch its thread count back afterwards.
+
+    ultralytics' ``select_device`` sets ``torch.set_num_threads(cpu_count - 1)`` on every CPU call (1 on two
+    cores) and never restores it, so every stage after the first one (a search, a decomposition, another
+    process's worth of work) would run on one thread fewer than asked; inside the call its own choice stands.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

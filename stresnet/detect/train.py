@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from torch import nn
 
 from . import DetectError
-from .offline import require_ultralytics
+from .offline import require_ultralytics, threads_kept
 
 OFFLINE_ARGS = {"plots": False, "amp": False, "device": "cpu", "exist_ok": True, "verbose": True}
 
@@ -35,12 +35,13 @@ def train_detector(data: str | Path, out: str | Path, model: nn.Module | None = 
     args = {**OFFLINE_ARGS, "model": arch, "data": str(data), "epochs": int(epochs), "imgsz": int(imgsz),
             "batch": int(batch), "workers": int(workers), "project": str(out.parent), "name": out.name,
             "val": False, "pretrained": False, **dict(extra or {})}
-    trainer = DetectionTrainer(overrides=args)
-    if model is not None:
-        trainer.model = model.float().train().requires_grad_(True)  # used as is: setup_model skips a module
-    t0 = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - t0
+    with threads_kept():  # the trainer's constructor already sets them
+        trainer = DetectionTrainer(overrides=args)
+        if model is not None:
+            trainer.model = model.float().train().requires_grad_(True)  # used as is: setup_model skips a module
+        t0 = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - t0
     last = Path(trainer.last)
     if not last.is_file():
         raise DetectError(f"training into {out}: ultralytics wrote no {last.name}")
@@ -64,8 +65,9 @@ def validate(model: nn.Module | str | Path, data: str | Path, imgsz: int = 320, 
         args.update(project=str(out.parent), name=out.name)
     t0 = time.perf_counter()
     yolo = as_yolo(model)
-    validator = DetectionValidator(args=args)
-    validator(model=yolo.model)
+    with threads_kept():
+        validator = DetectionValidator(args=args)
+        validator(model=yolo.model)
     box = validator.metrics.box
     return {"map50_95": float(box.map), "map50": float(box.map50), "precision": float(box.mp),
             "recall": float(box.mr), "images": int(validator.seen), "seconds": round(time.perf_counter() - t0, 1)}
