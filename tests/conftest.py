@@ -28,6 +28,17 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _threads_kept():
+    """Each test leaves torch's thread count as it found it. ultralytics' ``select_device`` sets it to
+    ``cpu_count - 1`` on every CPU predict or train (1 on two cores), and before this fixture every test after
+    ``test_detect.py``'s first detection ran on one thread."""
+    n = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module: the machine is shared, and subprocess comparisons stay bitwise."""
