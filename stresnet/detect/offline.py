@@ -45,8 +45,8 @@ def threads_kept() -> Iterator[None]:
     """Run an ultralytics train, val or predict call and give torch its thread count back afterwards.
 
     ultralytics' ``select_device`` sets ``torch.set_num_threads(cpu_count - 1)`` on every CPU call (1 on two
-    cores) and never restores it, so every stage after the first one (a search, a decomposition, another
-    process's worth of work) would run on one thread fewer than asked; inside the call its own choice stands.
+    cores) and never restores it, so every later stage of a detection recipe (the search, the decomposition)
+    would run on one thread fewer than asked, on two cores on one; inside the call its own choice stands.
     """
     import torch
 
