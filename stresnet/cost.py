@@ -133,6 +133,11 @@ class Profile:
     ram_method: str = "fx-liveness"
     peak_ram_at: str = ""
 
+    def budget_costs(self) -> dict[str, int]:
+        """The four totals a budget limits, under the budget's names (``stresnet.search.budgets``): params, int8
+        flash, MACs and peak RAM."""
+        return {"params": self.params, "flash": self.flash_bytes, "macs": self.macs, "ram": self.peak_ram_bytes}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "params": self.params,

@@ -23,7 +23,7 @@ from ..resolve import model_from_name
 from ..stem_init import narrowed_stem
 from .budgets import parse_budget
 from .run import ESTIMATOR, STEP
-from .stems import METRICS, search_with_stems, stem_label
+from .stems import search_with_stems, stem_label
 
 __all__ = ["search_family_and_write"]
 
@@ -34,7 +34,7 @@ def _measure(net: Any, plan: Plan, images: Any, select: tuple, val: Path | None,
     work = narrowed_stem(net, plan.surgery, images) if plan.surgery.get("stem", {}).get("proj") else net
     model = compress(copy.deepcopy(work), Plan(layers=plan.layers))
     prof = profile(model, tuple(cost_size))
-    row = {m: getattr(prof, attr) for m, attr in METRICS.items()}
+    row = prof.budget_costs()
     row["selection_top1"] = tensor_top1(model, *select)
     if val is not None:
         row["top1"] = accuracy(model, val, size)["top1"]

@@ -222,7 +222,7 @@ def build_space(
         options[name] = [Option(o.spec, o.loss, {**o.cost, "ram": o.cost["ram"] + _ram_beside(beside[name], o.spec)})
                          for o in opts]
     prof = profile(model, input_size)
-    base_cost = {"params": prof.params, "flash": prof.flash_bytes, "macs": prof.macs, "ram": prof.peak_ram_bytes}
+    base_cost = prof.budget_costs()
     fixed = {m: base_cost[m] - sum(s.full_cost()[m] for s in shapes.values()) for m in ("params", "flash", "macs")}
     fixed["ram"] = 0.0  # peak RAM is bounded layer by layer: each option's own working set + what lives beside it
     return SearchSpace(shapes, bases, tables, options, base_cost, fixed, step, time.perf_counter() - t0, input_size,

@@ -30,9 +30,6 @@ from .pipeline import build_space, searched_plan
 
 __all__ = ["StemTrial", "search_with_stems", "stem_label"]
 
-METRICS = {"params": "params", "flash": "flash_bytes", "macs": "macs", "ram": "peak_ram_bytes"}
-
-
 def stem_label(stem: Mapping[str, Any] | None) -> str:
     return "base" if not stem else f"width{stem['width']}" + ("+proj" if stem.get("proj") else "")
 
@@ -99,7 +96,7 @@ def _trial(net: nn.Module, space: Any, budget: Budget, surgery: dict, select: tu
     plan = Plan(layers=found.layers, surgery=copy.deepcopy(surgery), meta=found.meta)
     model = compress(copy.deepcopy(net), Plan(layers=plan.layers), bases=space.bases)
     prof = profile(model, tuple(cost_size))
-    trial.cost = {m: getattr(prof, attr) for m, attr in METRICS.items()}
+    trial.cost = prof.budget_costs()
     limits = budget.limits(space.base_cost)
     over = [f"{m} {trial.cost[m]} > {limits[m]:.0f}" for m in limits if trial.cost[m] > limits[m]]
     if over:

@@ -79,8 +79,8 @@ def _st_budget(variant: str, num_classes: int, input_size: int) -> tuple[tuple[s
     from ..cost import profile
     from ..plan import build
 
-    prof = profile(build(family_plan(variant, num_classes=num_classes)), (3, input_size, input_size))
-    return (("params", prof.params), ("flash", prof.flash_bytes), ("macs", prof.macs), ("ram", prof.peak_ram_bytes))
+    return tuple(profile(build(family_plan(variant, num_classes=num_classes)),
+                         (3, input_size, input_size)).budget_costs().items())
 
 
 def st_budget_text(variant: str, num_classes: int, input_size: int = 224) -> str:

@@ -98,8 +98,7 @@ def _profiled(name: str) -> tuple[tuple[str, int], ...]:
 
     from ..cost import profile
 
-    prof = profile(timm.create_model(name, num_classes=10), (3, 224, 224))
-    return (("params", prof.params), ("flash", prof.flash_bytes), ("macs", prof.macs), ("ram", prof.peak_ram_bytes))
+    return tuple(profile(timm.create_model(name, num_classes=10), (3, 224, 224)).budget_costs().items())
 
 
 def _ms(x: float | None) -> str:
