@@ -30,6 +30,7 @@ from .pipeline import build_space, searched_plan
 
 __all__ = ["StemTrial", "search_with_stems", "stem_label"]
 
+
 def stem_label(stem: Mapping[str, Any] | None) -> str:
     return "base" if not stem else f"width{stem['width']}" + ("+proj" if stem.get("proj") else "")
 
