@@ -174,7 +174,8 @@ def build_space(
     uniform plan. The zero-shot tables price a layer's error before any fine-tune, so the ILP keeps layers full
     whose error looks costly; at 8x it keeps ResNet-18's three strided 1x1 shortcuts full (172 k params, 12 % of
     the budget), which uniform plans, ahead there after the fine-tune, factorise. (Forcing them factorised did not
-    close that gap on the selection split: ``recipes/select_8x_fitbase.yaml``.)
+    close that gap on the selection split, weight-only or calibrated: ``recipes/select_8x_fitbase.yaml``,
+    ``recipes/select_8x_fit40.yaml``.)
     """
     from ..cost import live_beside, profile
 
