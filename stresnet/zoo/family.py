@@ -9,9 +9,12 @@ max-pool. ``"F"`` leaves a conv full; downsample convs without a rank stay full.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 from ..plan import Plan
+
+if TYPE_CHECKING:
+    from ..cost import Profile
 
 Rank = Union[int, str]  # an int rank or "F" (full)
 
@@ -69,18 +72,17 @@ def st_budget(variant: str, num_classes: int, input_size: int = 224) -> dict[str
     these are ST's budgets exactly, and a model within the ``num_classes`` budgets
     is within ST's once both take the same 1000-class head).
     """
-    return dict(_st_budget(variant, num_classes, input_size))
+    return _st_profile(variant, num_classes, input_size).budget_costs()
 
 
 @lru_cache(maxsize=None)
-def _st_budget(variant: str, num_classes: int, input_size: int) -> tuple[tuple[str, int], ...]:
-    """:func:`st_budget`, profiled once per process: the report asks for each variant's budgets on every card
-    and section (a fresh dict per call above, so no caller can change the cached one)."""
+def _st_profile(variant: str, num_classes: int, input_size: int) -> Profile:
+    """ST's ``variant`` profiled once per process: the report asks for each variant's budgets on every card and
+    section (a frozen :class:`~stresnet.cost.Profile`; ``budget_costs`` gives each caller a dict of its own)."""
     from ..cost import profile
     from ..plan import build
 
-    return tuple(profile(build(family_plan(variant, num_classes=num_classes)),
-                         (3, input_size, input_size)).budget_costs().items())
+    return profile(build(family_plan(variant, num_classes=num_classes)), (3, input_size, input_size))
 
 
 def st_budget_text(variant: str, num_classes: int, input_size: int = 224) -> str:

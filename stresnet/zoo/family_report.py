@@ -13,9 +13,12 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .family import VARIANTS, st_budget
+
+if TYPE_CHECKING:
+    from ..cost import Profile
 
 ARMS = {"st": "ST's ranks", "searched": "searched at ST's budgets"}
 LATENCY_FILE = "deploy/latency_family_224px.json"  # `stresnet bench latency ... --input-size 224 --json`
@@ -87,18 +90,18 @@ def load_latency(results: Path) -> dict[str, float]:
 
 def _costs(name: str) -> dict[str, int]:
     """params, int8 flash, MACs and peak RAM of ``name`` with the Imagenette head at 224 px (the budgets' size)."""
-    return dict(_profiled(name))
+    return _profiled(name).budget_costs()
 
 
 @lru_cache(maxsize=None)
-def _profiled(name: str) -> tuple[tuple[str, int], ...]:
-    """:func:`_costs`, profiled once per process: each variant's section is written for its cards and again
-    for the index."""
+def _profiled(name: str) -> Profile:
+    """``name`` profiled once per process: each variant's section is written for its cards and again for the
+    index (a frozen :class:`~stresnet.cost.Profile`; ``budget_costs`` gives each caller a dict of its own)."""
     import timm
 
     from ..cost import profile
 
-    return tuple(profile(timm.create_model(name, num_classes=10), (3, 224, 224)).budget_costs().items())
+    return profile(timm.create_model(name, num_classes=10), (3, 224, 224))
 
 
 def _ms(x: float | None) -> str:
