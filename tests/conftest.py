@@ -30,13 +30,13 @@ def _seed() -> None:
 
 @pytest.fixture(autouse=True)
 def _threads_kept():
-    """Each test leaves torch's thread count as it found it. ultralytics' ``select_device`` sets it to
-    ``cpu_count - 1`` on every CPU predict or train (1 on two cores), and before this fixture every test after
-    ``test_detect.py``'s first detection ran on one thread."""
-    n = torch.get_num_threads()
-    yield
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
+    """Each test leaves torch's thread count as it found it: a test that calls ultralytics directly (a torch.hub
+    YOLO entry) is not inside the product's :func:`~stresnet.detect.offline.threads_kept`, and before this fixture
+    every test after ``test_detect.py``'s first detection ran on one thread."""
+    from stresnet.detect.offline import threads_kept
+
+    with threads_kept():
+        yield
 
 
 @pytest.fixture(scope="module")
