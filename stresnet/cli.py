@@ -164,6 +164,13 @@ def _cmd_mcu(args: argparse.Namespace) -> int:
     return 0
 
 
+def _anchor(path: Path | None):
+    """The plan ``--around`` names, loaded (None without it)."""
+    from .plan import Plan
+
+    return Plan.load(path) if path is not None else None
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from .search.run import search_and_write
 
@@ -180,7 +187,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         size=args.input_size, calib=args.calib_images, step=args.step, tied=args.tied_ranks,
         estimator=args.estimator, evaluate=args.eval, seed=args.seed, progress=not args.quiet, latency=latency,
         cost_size=args.budget_size, search_space=args.space, calibrated=args.calibrated,
-        factorise_all=args.factorise_all,
+        factorise_all=args.factorise_all, around=_anchor(args.around), radius=args.radius,
     )
     for label, row in report["budgets"].items():
         parts = [f"{m}: {r['params'] / 1e6:.3f}M est {r['estimated_loss']:.3f}"
@@ -643,6 +650,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one rank for both channel modes (as STResNet); default: chosen independently")
     p.add_argument("--factorise-all", action="store_true",
                    help="no searched layer stays full (where a smaller option exists), as in uniform plans")
+    p.add_argument("--around", type=Path, default=None, metavar="PLAN",
+                   help="search only near this plan (e.g. uniform ranks): every rank within --radius grid steps of "
+                        "its rank, a layer it keeps full stays full")
+    p.add_argument("--radius", type=int, default=1, help="with --around: how many grid steps a rank may move")
     p.add_argument("--estimator", choices=("mse", "fisher"), default="fisher",
                    help="mse: normalised output MSE (CompressNAS); fisher: output error weighted by the loss gradient")
     p.add_argument("--eval", action="store_true", help="also measure zero-shot top-1 of every plan on val/")

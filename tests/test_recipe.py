@@ -477,6 +477,32 @@ def test_a_latency_budget_needs_no_table_argument_but_a_bad_term_is_one_line(tre
                    results_path=tmp_path / "results.json", progress=False, log=lambda _: None)
 
 
+def test_a_search_around_the_current_plan_stays_near_it_and_a_missing_anchor_is_one_line(tree, tmp_path):
+    """``search: {around: plan}`` searches next to the plan the stages before it set (here uniform ranks):
+    every rank of the result within ``radius`` grid steps of the anchor's, what the result records; a
+    missing anchor file is one RecipeError line naming it."""
+    from stresnet.plan import Plan
+
+    recipe = {"format": "stresnet-recipe/1", "name": "near", "data": str(tree), "input_size": 32,
+              "base": {"model": "resnet18", "num_classes": 3},
+              "stages": [{"search": {"budget": "4x", "step": 32, "calib": 6}},
+                         {"plan": {"uniform": {"step": 32}}},
+                         {"search": {"id": "near", "budget": "2x", "step": 32, "calib": 6, "around": "plan", "radius": 1}}]}
+    results = run_recipe(load_recipe(_write(tmp_path, recipe)), out_root=tmp_path / "runs",
+                         results_path=tmp_path / "results.json", progress=False, log=lambda _: None)
+    _, uniform, near = (s["result"] for s in results["stages"])
+    anchor, found = Plan.load(uniform["plan"]), Plan.load(near["plan"])
+    assert near["around"]["radius"] == 1 and near["around"]["plan"] == uniform["plan"]
+    assert near["around"]["anchor_params"] == uniform["params"]
+    assert set(found.layers) == set(anchor.layers)
+    assert all(abs(a - b) <= 32 for n, s in found.layers.items() for a, b in zip(s["ranks"], anchor.layers[n]["ranks"]))
+    recipe["stages"] = [{"search": {"budget": "2x", "step": 32, "calib": 6, "around": str(tmp_path / "nope.json")}}]
+    recipe["name"] = "missing"
+    with pytest.raises((RecipeError, FileNotFoundError), match="nope.json"):
+        run_recipe(load_recipe(_write(tmp_path, recipe)), out_root=tmp_path / "runs",
+                   results_path=tmp_path / "results.json", progress=False, log=lambda _: None)
+
+
 def _built_with_calibrated_bases(tree, runs, images: int, seed: int):
     """Asserts that a run's ``decompose`` stage saved the calibrated decomposition of its plan on the draw of
     ``images`` fit-part train/ images with ``seed``; returns the plan and the saved state dict."""

@@ -11,7 +11,9 @@ import torch
 
 from stresnet import compress
 from stresnet.search.budgets import parse_budget
+from stresnet.plan import Plan
 from stresnet.search.ilp import InfeasibleBudget
+from stresnet.search.neighbourhood import AnchorError, near_anchor
 from stresnet.search.pipeline import baseline_plan, build_space, run_search, searched_plan
 from stresnet.search.report import write_search
 
@@ -77,6 +79,45 @@ def test_factorise_all_leaves_no_searched_layer_full(model_and_images, space) ->
     assert full(forced) == []
     assert forced_space.size(forced) <= space.base_cost["params"] / 8
     assert all(o.spec["type"] != "full" for opts in forced_space.options.values() for o in opts)
+
+
+def test_search_around_an_anchor_moves_each_rank_at_most_radius_steps(model_and_images, space) -> None:
+    """``near_anchor`` keeps, per layer, the anchor's type within ``radius`` grid steps of its ranks: radius 0
+    gives back the anchor itself, radius 1 a plan no worse by the tables at the same budget, whose every rank
+    sits within one step of the anchor's, and layers the anchor keeps full stay full."""
+    model = model_and_images[0]
+    budget = parse_budget("4x")
+    anchor = baseline_plan(space, "uniform", space.base_cost["params"] / 4)
+    kept_full = [n for n in space.options if n not in anchor.layers]
+    assert kept_full  # the stem, which uniform ranks never cut
+    limits = parse_budget(f"params<={space.size(anchor)},macs<={space.size(anchor, 'macs')}")
+
+    def search(radius: int):
+        near = copy.copy(space)
+        near.options = near_anchor(space.options, anchor, radius, space.step)
+        return searched_plan(near, limits)
+
+    assert search(0).layers == anchor.layers
+    moved = search(1)
+    assert moved.layers != anchor.layers  # the tables found a better plan next door
+    assert moved.meta["estimated_loss"] < space.estimated_loss(anchor)
+    assert space.size(moved) <= space.size(anchor) and space.size(moved, "macs") <= space.size(anchor, "macs")
+    assert set(moved.layers) == set(anchor.layers)
+    for name, spec in moved.layers.items():
+        assert all(abs(a - b) <= space.step for a, b in zip(spec["ranks"], anchor.layers[name]["ranks"])), name
+    free = searched_plan(space, budget)  # the unrestricted search moves further than one step somewhere
+    assert any(abs(a - b) > space.step for n, s in free.layers.items() if n in anchor.layers
+               for a, b in zip(s["ranks"], anchor.layers[n]["ranks"]))
+
+
+def test_an_anchor_outside_the_space_is_one_clear_error(space) -> None:
+    name = next(iter(space.options))
+    with pytest.raises(AnchorError, match="'fc'.*does not search"):
+        near_anchor(space.options, Plan(layers={"fc": {"type": "svd", "rank": 4}}), 1, space.step)
+    with pytest.raises(AnchorError, match=f"layer {name!r}: no option .* 0 grid steps"):
+        near_anchor(space.options, Plan(layers={name: {"type": "tucker2", "ranks": [5, 3]}}), 0, space.step)
+    with pytest.raises(AnchorError, match="radius -1"):
+        near_anchor(space.options, Plan(), -1, space.step)
 
 
 def test_searched_plan_distorts_held_out_outputs_less_than_uniform(model_and_images, space) -> None:

@@ -13,6 +13,7 @@ from ..evaluate import tensor_top1
 from ..plan import Plan, compress
 from ..resolve import model_from_name
 from .budgets import BudgetError, parse_budget
+from .neighbourhood import near_anchor
 from .pipeline import BASELINES, LatencySource, attach_latency, build_space, run_search
 from .report import write_search
 
@@ -47,6 +48,8 @@ def search_and_write(
     search_space: str = "compressnas",
     calibrated: bool = False,
     factorise_all: bool = False,
+    around: Plan | None = None,
+    radius: int = 1,
 ) -> dict:
     """Run the whole search; with ``evaluate`` also measure every plan's zero-shot top-1 on the selection split
     of ``DATA/train`` (``selection_top1``, what choices are made on) and on ``DATA/val`` (``top1``, reported only).
@@ -58,6 +61,7 @@ def search_and_write(
     ``search_space`` (:data:`~stresnet.search.pipeline.SPACES`): which layer kinds are searched, with which types.
     ``calibrated``: score (and, with ``evaluate``, build) the calibrated decompositions (see
     :func:`~stresnet.search.pipeline.build_space`). ``factorise_all``: no searched layer stays full (ditto).
+    ``around``: search only within ``radius`` grid steps of this plan's ranks (:mod:`.neighbourhood`).
     """
     parsed = [parse_budget(b) for b in budgets]  # fail on a bad budget before any work
     timed = next((b for b in parsed if "latency" in b.metrics), None)
@@ -72,12 +76,18 @@ def search_and_write(
     space = build_space(net, images, labels, estimator=estimator, step=step, tied=tied, progress=progress,
                         cost_size=None if cost_size is None else (3, cost_size, cost_size), space=search_space,
                         calibrated=calibrated, factorise_all=factorise_all)
+    neighbourhood = None
+    if around is not None:
+        space.options = near_anchor(space.options, around, radius, step)
+        neighbourhood = {"radius": radius, "anchor_method": around.meta.get("method"),
+                         "anchor_params": space.size(around), "anchor_macs": space.size(around, "macs"),
+                         "anchor_estimated_loss": space.estimated_loss(around)}
     if latency is not None:
         attach_latency(space, latency(net, space))
     result = run_search(space, parsed, baselines)
     measured: dict[str, dict[str, dict]] = {}
     extra: dict = {"estimator": estimator, "search_space": search_space, "calibrated": calibrated, "tied_ranks": tied,
-                   "factorise_all": factorise_all,
+                   "factorise_all": factorise_all, "around": neighbourhood,
                    "calibration": {"images": len(images), "size": size, "seed": seed, "seconds": t_calib,
                                    "source": "train/ fit part (no selection split, no ILSVRC2012_val_*)"},
                    "checkpoint": str(checkpoint) if checkpoint else None}

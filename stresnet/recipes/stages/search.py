@@ -12,10 +12,12 @@ def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     """CompressNAS: estimator tables + ILP at ``budget``; sets the plan. ``calibrated: true``: calibrated
     decompositions (scored here, built by the later stages on the same images). ``tied: true``: one rank for both
     channel modes of each layer (as STResNet; ``stresnet search --tied-ranks``). ``factorise_all: true``: no searched
-    layer stays full (``--factorise-all``). ``cost_size``: price MACs, RAM and
+    layer stays full (``--factorise-all``). ``around: plan`` (the current plan, e.g. uniform ranks) or a plan file:
+    search only within ``radius`` (default 1) grid steps of its ranks (``--around``). ``cost_size``: price MACs, RAM and
     latency at that input size (e.g. 224 while calibrating at the recipe's 128); a ``latency<=`` term times the
     options on this machine first (:func:`_latency_source`). ``family: stresnet_pico``: the structure search
     at that ST variant's four budgets instead (:func:`family_search`)."""
+    from ...plan import Plan, PlanError
     from ...search.budgets import BudgetError
     from ...search.latency_costs import LatencyError
     from ...search.run import ESTIMATOR, STEP, search_and_write
@@ -27,7 +29,12 @@ def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
     cost_size = int(p["cost_size"]) if "cost_size" in p else None
     draw = calibration_draw(p)  # the draw a calibrated search's bases are fitted on
     calib, seed = draw["images"], draw["seed"]
+    around = p.get("around")
+    if around == "plan":
+        require(state, "plan", "search (around: plan)")
+        around = state.plan
     try:
+        anchor = Plan.load(input_path(around)) if around is not None else None
         report = search_and_write(run.base["model"], Path(state.weights) if state.weights else None, run.data,
                                   [budget], out, num_classes=run.base.get("num_classes"), size=run.input_size,
                                   calib=calib, step=int(p.get("step", STEP)), tied=bool(p.get("tied", False)),
@@ -35,8 +42,9 @@ def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
                                   progress=run.progress, search_space=str(p.get("space", "compressnas")),
                                   latency=_latency_source(run, p, out), cost_size=cost_size,
                                   calibrated=bool(p.get("calibrated", False)),
-                                  factorise_all=bool(p.get("factorise_all", False)))
-    except (BudgetError, LatencyError) as e:
+                                  factorise_all=bool(p.get("factorise_all", False)), around=anchor,
+                                  radius=int(p.get("radius", 1)))
+    except (BudgetError, LatencyError, PlanError) as e:
         raise RecipeError(f"stage search: {e}") from None
     row = next(iter(report["budgets"].values()))
     state.plan = str(out / f"plan_{next(iter(report['budgets']))}.json")
@@ -49,9 +57,9 @@ def search(run: ClassifyRun, state: State, p: dict, out: Path) -> dict:
         result["latency"] = {**report["latency"], "cost_size": cost_size or run.input_size,
                              "limit_ms": limits.get("latency"),
                              "predicted_ms": row["methods"]["searched"].get("predicted_latency_ms")}
+    if report.get("around"):
+        result["around"] = {**report["around"], "plan": str(around)}
     if p.get("expect_plan"):  # the packaged zoo plan must be what this search finds
-        from ...plan import Plan
-
         expected = Plan.load(input_path(p["expect_plan"]))
         result["matches_expected_plan"] = Plan.load(state.plan).layers == expected.layers
     return result
